@@ -1,0 +1,218 @@
+"""Boundary hugging: users whose decisions keep landing just under a block threshold.
+
+Vocabulary (``event-schema.md``): the margin of a category is ``threshold - score``; a decision *hugs*
+a category when ``0 < margin <= band * threshold``. A user's boundary-hugging index is their hugging
+share in a category divided by the population's share in the same tenant and category, with the
+user's share shrunk towards the population's (a Beta prior worth ``prior_strength`` decisions) so that
+three lucky events cannot outrank three thousand. The slow-burn trend is a Bernoulli CUSUM of hugging
+versus the population rate over the user's stream, which accumulates evidence however thinly it is
+spread in time, plus an event-time EWMA of the share for the human reading the alert.
+
+Pure: state in, findings out. No clock: every time is the event's own (milliseconds since the epoch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from detectors.events import Decision
+from detectors.findings import Finding
+
+DAY_MS = 86_400_000
+
+
+class HuggingConfig(msgspec.Struct, frozen=True, kw_only=True):
+    band: float = 0.2
+    """A decision hugs a category when its margin is within ``band * threshold`` on the allowed side."""
+    prior_strength: float = 20.0
+    """Pseudo-decisions at the population share that every user's share is shrunk towards."""
+    index_level: float = 5.0
+    """Alert when the shrunk share is this many times the population share ..."""
+    critical_index: float = 10.0
+    """... and call it critical from this level on."""
+    min_hugs: int = 6
+    """... and the user has at least this many hugging decisions in the category."""
+    min_population: int = 500
+    """Warm-up: no verdicts in a tenant/category until the population has this many decisions."""
+    population_floor: float = 0.002
+    """Lower bound on the population share, so a category nobody hugs does not divide by ~0."""
+    cusum_shift: float = 6.0
+    """Slow burn: the CUSUM tests the population share against ``cusum_shift`` times it ..."""
+    cusum_min_alternative: float = 0.12
+    """... but never against less than this share, so mildly elevated benign users drift down."""
+    cusum_level: float = 9.0
+    """Alert when the CUSUM statistic (a log-likelihood ratio) reaches this."""
+    half_life_days: float = 3.0
+    """Event-time half-life of the EWMA share shown in alerts."""
+
+
+class CategoryStats(msgspec.Struct, array_like=True):
+    """One user's counters in one category (serialized as a compact array)."""
+
+    decisions: int = 0
+    hugs: int = 0
+    blocks: int = 0
+    ewma_decisions: float = 0.0
+    ewma_hugs: float = 0.0
+    cusum: float = 0.0
+    first_ts: int = 0
+    last_ts: int = 0
+    first_hug_ts: int = 0
+    alerted: int = 0  # bit 1: index alert raised, bit 2: slow-burn alert raised
+
+
+class PopulationStats(msgspec.Struct, array_like=True):
+    decisions: int = 0
+    hugs: int = 0
+
+
+INDEX_ALERTED = 1
+SLOW_BURN_ALERTED = 2
+
+
+CategoryOutcome = tuple[str, float, bool, bool]  # category, score, hugging, blocked
+
+
+def category_outcomes(event: Decision, band: float) -> list[CategoryOutcome]:
+    """(category, score, hugging, blocked) for every category that has both a score and a threshold."""
+    thresholds = event.thresholds
+    out: list[CategoryOutcome] = []
+    for category, score in event.scores.items():
+        threshold = thresholds.get(category)
+        if threshold is None:
+            continue
+        margin = threshold - score
+        out.append((category, score, 0.0 < margin <= band * threshold, margin <= 0.0))
+    return out
+
+
+def population_share(pop: PopulationStats, cfg: HuggingConfig) -> float:
+    return max(cfg.population_floor, (pop.hugs + 0.5) / (pop.decisions + 1.0))
+
+
+def hugging_index(stats: CategoryStats, pop_share: float, cfg: HuggingConfig) -> float:
+    """The user's shrunk hugging share as a multiple of the population share."""
+    shrunk = (stats.hugs + cfg.prior_strength * pop_share) / (stats.decisions + cfg.prior_strength)
+    return shrunk / pop_share
+
+
+class BoundaryHugging:
+    """Per-user, per-category hugging index and slow-burn CUSUM against the population."""
+
+    name = "boundary_hugging"
+    slow_burn_name = "boundary_hugging_slow_burn"
+
+    def __init__(self, cfg: HuggingConfig | None = None) -> None:
+        self.cfg = cfg or HuggingConfig()
+        self._half_life_ms = self.cfg.half_life_days * DAY_MS
+
+    def update(
+        self,
+        user: dict[str, CategoryStats],
+        population: dict[str, PopulationStats],
+        event: Decision,
+        ts_ms: int,
+        outcomes: list[CategoryOutcome] | None = None,
+    ) -> list[Finding]:
+        """Fold one decision into the user's and the population's counters; return new findings.
+        ``outcomes`` may be passed when the caller already computed them with the same band."""
+        cfg = self.cfg
+        findings: list[Finding] = []
+        if outcomes is None:
+            outcomes = category_outcomes(event, cfg.band)
+        for category, _score, hugging, blocked in outcomes:
+            pop = population.get(category)
+            if pop is None:
+                pop = population[category] = PopulationStats()
+            pop.decisions += 1
+            pop.hugs += hugging
+            stats = user.get(category)
+            if stats is None:
+                stats = user[category] = CategoryStats(first_ts=ts_ms, last_ts=ts_ms)
+            self._fold(stats, hugging, blocked, ts_ms)
+            if pop.decisions < cfg.min_population:
+                continue  # warm-up: the population share is not yet worth comparing against
+            p0 = population_share(pop, cfg)
+            p1 = min(0.5, max(cfg.cusum_shift * p0, cfg.cusum_min_alternative))
+            if p1 > p0:
+                llr = math.log(p1 / p0) if hugging else math.log((1.0 - p1) / (1.0 - p0))
+                stats.cusum = max(0.0, stats.cusum + llr)
+            if not hugging:
+                continue  # verdicts can only change on a hugging decision
+            finding = self._decide(event, category, stats, p0, ts_ms)
+            if finding is not None:
+                findings.append(finding)
+        return findings
+
+    def _fold(self, stats: CategoryStats, hugging: bool, blocked: bool, ts_ms: int) -> None:
+        stats.decisions += 1
+        stats.hugs += hugging
+        stats.blocks += blocked
+        if hugging and stats.hugs == 1:
+            stats.first_hug_ts = ts_ms
+        elapsed = ts_ms - stats.last_ts
+        decay = 0.5 ** (elapsed / self._half_life_ms) if elapsed > 0 else 1.0
+        stats.ewma_decisions = stats.ewma_decisions * decay + 1.0
+        stats.ewma_hugs = stats.ewma_hugs * decay + hugging
+        stats.last_ts = max(stats.last_ts, ts_ms)
+
+    def _decide(self, event: Decision, category: str, stats: CategoryStats, p0: float, ts_ms: int) -> Finding | None:
+        cfg = self.cfg
+        if stats.hugs < cfg.min_hugs:
+            return None
+        index = hugging_index(stats, p0, cfg)
+        if not stats.alerted & INDEX_ALERTED and index >= cfg.index_level:
+            stats.alerted |= INDEX_ALERTED
+            severity = "critical" if index >= cfg.critical_index else "warning"
+            return self._finding(self.name, severity, index, event, category, stats, p0, ts_ms)
+        if not stats.alerted & SLOW_BURN_ALERTED and stats.cusum >= cfg.cusum_level:
+            stats.alerted |= SLOW_BURN_ALERTED
+            return self._finding(self.slow_burn_name, "warning", stats.cusum, event, category, stats, p0, ts_ms)
+        return None
+
+    def _finding(
+        self,
+        detector: str,
+        severity: str,
+        score: float,
+        event: Decision,
+        category: str,
+        stats: CategoryStats,
+        p0: float,
+        ts_ms: int,
+    ) -> Finding:
+        cfg = self.cfg
+        days = max(0.0, (ts_ms - stats.first_hug_ts) / DAY_MS)
+        threshold = event.thresholds[category]
+        share = stats.hugs / stats.decisions
+        trend = stats.ewma_hugs / stats.ewma_decisions if stats.ewma_decisions else 0.0
+        reason = (
+            f"{stats.hugs} of {stats.decisions} {category} decisions landed within "
+            f"{cfg.band:.0%} under the {threshold:.2f} threshold over {days:.1f} days "
+            f"({share:.1%}; recent {trend:.1%}); population share {p0:.1%}; "
+            + (f"index {score:.1f}x" if detector == self.name else f"slow-burn CUSUM {score:.1f}")
+        )
+        return Finding(
+            detector=detector,
+            tenant=event.tenant,
+            user_id=event.user_id,
+            category=category,
+            severity=severity,
+            score=round(score, 4),
+            reason=reason,
+            ts_ms=ts_ms,
+            evidence={
+                "decisions": stats.decisions,
+                "hugs": stats.hugs,
+                "blocks": stats.blocks,
+                "share": round(share, 6),
+                "recent_share": round(trend, 6),
+                "population_share": round(p0, 6),
+                "cusum": round(stats.cusum, 4),
+                "first_hug_ts_ms": stats.first_hug_ts,
+                "threshold": threshold,
+                "band": cfg.band,
+            },
+        )

@@ -1,0 +1,140 @@
+"""The guardrail decision event, v1: the input contract (``../shared/event-schema.md``).
+
+One typed decoder, used by the stream and by every offline path, so that what the pipeline accepts is
+exactly what the contract says. Anything it rejects comes back as a :class:`Rejection` with a bounded
+reason code (for metrics) and a human-readable detail (for the dead-letter topic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+SCHEMA_V1 = "guardrail.decision/v1"
+MAX_EVENT_BYTES = 1_048_576  # larger payloads are rejected before parsing: no legitimate decision is that big
+
+Score = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Threshold = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+NonEmpty128 = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+NonEmpty256 = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Stage = Literal["input", "output", "tool", "judge"]
+Verdict = Literal["allow", "block", "redact", "escalate"]
+
+
+class Guardrail(msgspec.Struct, frozen=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    version: Annotated[str, msgspec.Meta(max_length=128)]
+
+
+class Judge(msgspec.Struct, frozen=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    verdict: Literal["safe", "unsafe"]
+    score: Score | None = None
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """A decoded, validated decision. ``text`` is accepted for validation and then dropped by :func:`decode`."""
+
+    event_id: NonEmpty128
+    ts: datetime
+    user_id: NonEmpty256
+    stage: Stage
+    guardrail: Guardrail
+    scores: dict[str, Score]
+    thresholds: dict[str, Threshold]
+    decision: Verdict
+    schema: str = SCHEMA_V1
+    tenant: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = "default"
+    session_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    turn: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    request_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    policy_version: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    categories: list[str] | None = None
+    judge: Judge | None = None
+    model: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    latency_ms: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
+    input_chars: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    output_chars: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    text: str | None = None
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    """Why an event was refused. ``code`` is a small fixed vocabulary; ``detail`` names the field."""
+
+    code: str
+    detail: str
+
+
+REJECTION_CODES = (
+    "too_large",
+    "invalid_encoding",
+    "invalid_json",
+    "schema_violation",
+    "unsupported_schema",
+    "naive_timestamp",
+    "non_finite_number",
+    "detector_error",
+)
+
+_decoder = msgspec.json.Decoder(Decision)
+
+
+def decode(raw: bytes | None, *, pseudonym_key: bytes | None = None) -> Decision | Rejection:
+    """Decode and validate one message value; never raises on input."""
+    if raw is None:
+        return Rejection("schema_violation", "empty message (tombstone or null value)")
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection("too_large", f"message of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    try:
+        event = _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        return Rejection("schema_violation", str(exc))
+    except UnicodeDecodeError:
+        return Rejection("invalid_encoding", "message is not valid UTF-8")
+    except msgspec.DecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejection("invalid_encoding", "message is not valid UTF-8")
+        return Rejection("invalid_json", str(exc))
+    except Exception as exc:  # the decoder must never take the worker down, whatever the bytes
+        return Rejection("invalid_json", f"undecodable message: {type(exc).__name__}: {exc}")
+    if event.schema != SCHEMA_V1:
+        return Rejection("unsupported_schema", f"schema {event.schema!r} is not {SCHEMA_V1!r}")
+    if event.ts.tzinfo is None:
+        return Rejection("naive_timestamp", "ts has no time zone; RFC 3339 requires one (e.g. 'Z')")
+    if event.latency_ms is not None and not math.isfinite(event.latency_ms):
+        return Rejection("non_finite_number", "latency_ms is not finite")
+    replace: dict[str, object] = {}
+    if event.text is not None:
+        replace["text"] = None  # raw text never travels past the decoder
+    if pseudonym_key is not None:
+        replace["user_id"] = pseudonymize(event.user_id, pseudonym_key)
+    return msgspec.structs.replace(event, **replace) if replace else event
+
+
+def pseudonymize(raw_user_id: str, key: bytes) -> str:
+    """Keyed, stable pseudonym: the same raw id and key always give the same value; without the key
+    the raw id cannot be recovered or confirmed by guessing."""
+    digest = hmac.new(key, raw_user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return "p-" + digest[:24]
+
+
+def json_schema() -> dict[str, object]:
+    """The published JSON Schema of the contract (``schema/guardrail-decision-v1.json``)."""
+    schema: dict[str, object] = msgspec.json.schema(Decision)
+    schema["$id"] = "https://guardstream.dev/schema/guardrail-decision-v1.json"
+    schema["title"] = "Guardrail decision event, v1"
+    decision = schema["$defs"]["Decision"]  # type: ignore[index]
+    decision["description"] = (
+        "One guardrail decision (input, output, tool or judge stage). Unknown extra fields are accepted and "
+        "ignored; `text` is accepted but never stored. See docs in the guardstream repository."
+    )
+    decision["properties"]["ts"]["format"] = "date-time"
+    decision["properties"]["schema"]["const"] = SCHEMA_V1
+    return schema

@@ -1,0 +1,324 @@
+"""The Faust app: topics, the one agent, and the loopback web endpoints. Thin on purpose: the agent
+hands batches to :class:`streams.pipeline.Pipeline` and moves the results to Kafka.
+
+Delivery story. Events are taken without Faust's automatic acks (``noack_take``) and acked only after
+the batch's DuckDB transaction committed, so Kafka's committed offset never runs ahead of the store.
+The store's own offsets make re-delivered messages no-ops, and ``event_id`` dedupes copies. Rejected
+messages go to the dead-letter topic *before* their batch commits (at least once; the DLQ headers carry
+the source coordinates to dedupe on). Alerts are written to the ``alerts`` table in the batch's
+transaction and published afterwards from that outbox, re-published on start if a crash intervened.
+An unexpected error in the hot path ends the process with a non-zero code instead of acking silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import faust
+import orjson
+from faust.web import Request, Response, View
+
+from streams import __version__
+from streams.metrics import CONTENT_TYPE, Metrics
+from streams.nist import load_mapping
+from streams.pipeline import DeadLetter, Message, Outcome, Pipeline
+from streams.settings import Settings
+from streams.store import QueryRefused, Store
+
+log = logging.getLogger("guardstream.app")
+T = TypeVar("T")
+
+EXIT_PIPELINE_FAILURE = 70
+DLQ_MAX_VALUE_BYTES = 512 * 1024  # larger rejected payloads are truncated in the DLQ (the header says so)
+
+
+def faust_broker_credentials(settings: Settings) -> Any:
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+    if settings.security_protocol.startswith("SASL"):
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+        if settings.sasl_mechanism and settings.sasl_mechanism.startswith("SCRAM"):
+            return faust.SASLCredentials(
+                username=settings.sasl_username,
+                password=password,
+                mechanism=settings.sasl_mechanism,
+                ssl_context=context if settings.security_protocol == "SASL_SSL" else None,
+            )
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=password,
+            ssl_context=context if settings.security_protocol == "SASL_SSL" else None,
+        )
+    return faust.SSLCredentials(context)
+
+
+class Service:
+    """Owns the store, the pipeline and the metrics for one worker process."""
+
+    def __init__(self, settings: Settings, store: Store, pipeline: Pipeline, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.lock = asyncio.Lock()  # one batch at a time; rebalances wait for the batch in flight
+        self.started_at = time.time()
+        self.first_batch_at: float | None = None
+        self.last_commit_at: float | None = None
+        self.counts = {"messages": 0, "decisions": 0, "duplicates": 0, "dead_letters": 0, "alerts": 0}
+        self.app: faust.App | None = None
+        # DuckDB refuses concurrent calls on one connection: every writer call goes through this one thread.
+        self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardstream-db")
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.db_thread, functools.partial(fn, *args))
+
+    # -- the hot path -------------------------------------------------------------------------------
+    async def handle(self, events: list[Any], stream: Any) -> None:
+        assert self.app is not None
+        async with self.lock:
+            started = time.perf_counter()
+            if self.first_batch_at is None:
+                self.first_batch_at = time.time()
+            messages = [
+                Message(
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    int((e.message.timestamp or 0) * 1000),
+                )
+                for e in events
+            ]
+            unassigned = {m.partition for m in messages} - self.pipeline.assigned
+            if unassigned:
+                await self.db(self.pipeline.assign, unassigned)
+            prepared = self.pipeline.prepare(messages)
+            if prepared.dead_letters:
+                await self.publish_dead_letters(prepared.dead_letters)
+            outcome = await self.db(self.pipeline.commit, prepared)
+            committed_at = time.time()
+            if outcome.dead_letters:
+                await self.publish_dead_letters(outcome.dead_letters)
+            if outcome.findings:
+                await self.publish_outbox()
+            for event in events:
+                await stream.ack(event)
+            self.record(messages, prepared.dead_letters, outcome, started, committed_at)
+
+    def record(
+        self, messages: list[Message], rejected: list[DeadLetter], outcome: Outcome, started: float, committed_at: float
+    ) -> None:
+        m = self.metrics
+        m.consumed.inc(len(messages))
+        m.observe_decisions(outcome.decision_counts)
+        m.observe_categories(outcome.category_counts)
+        for letter in rejected + outcome.dead_letters:
+            m.observe_dead_letter(letter.code)
+        for finding in outcome.findings:
+            m.observe_alert(finding.detector, finding.severity, finding.category)
+        if outcome.duplicates:
+            m.duplicates.inc(outcome.duplicates)
+        m.batch_seconds.observe(time.perf_counter() - started)
+        m.batch_events.observe(len(messages))
+        for msg in messages[:: max(1, len(messages) // 50)]:  # a sample keeps the histogram cheap per batch
+            if msg.timestamp_ms:
+                m.ingest_latency.observe(max(0.0, committed_at - msg.timestamp_ms / 1000))
+        m.last_commit.set(committed_at)
+        m.tracked_users.set(self.pipeline.engine.tracked_users())
+        self.last_commit_at = committed_at
+        c = self.counts
+        c["messages"] += len(messages)
+        c["decisions"] += len(outcome.new)
+        c["duplicates"] += outcome.duplicates
+        c["dead_letters"] += len(rejected) + len(outcome.dead_letters)
+        c["alerts"] += len(outcome.findings)
+        self.update_lag()
+
+    def update_lag(self) -> None:
+        assert self.app is not None
+        consumer = self.app.consumer
+        for partition, next_offset in self.pipeline.next_offsets.items():
+            tp = faust.types.TP(self.settings.decisions_topic, partition)
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                self.metrics.lag.labels(str(partition)).set(max(0, int(highwater) - next_offset))
+
+    # -- outputs -------------------------------------------------------------------------------------
+    async def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
+        assert self.app is not None
+        producer = self.app.producer
+        now = datetime.now(UTC).isoformat().encode()
+        futures = []
+        for letter in letters:
+            value = letter.message.value or b""
+            headers = [
+                ("guardstream.reason_code", letter.code.encode()),
+                ("guardstream.reason", letter.detail[:1000].encode("utf-8", "replace")),
+                ("guardstream.source_topic", self.settings.decisions_topic.encode()),
+                ("guardstream.source_partition", str(letter.message.partition).encode()),
+                ("guardstream.source_offset", str(letter.message.offset).encode()),
+                ("guardstream.original_size", str(len(value)).encode()),
+                ("guardstream.rejected_at", now),
+            ]
+            if len(value) > DLQ_MAX_VALUE_BYTES:
+                value = value[:DLQ_MAX_VALUE_BYTES]
+                headers.append(("guardstream.truncated", b"true"))
+            futures.append(
+                await producer.send(
+                    self.settings.dlq_topic, letter.message.key, value, partition=None, timestamp=None, headers=headers
+                )
+            )
+        await asyncio.gather(*futures)
+
+    async def publish_outbox(self) -> None:
+        """Publish every alert not yet acknowledged by the alerts topic, then mark it published."""
+        assert self.app is not None
+        pending = await self.db(self.store.unpublished_alerts)
+        if not pending:
+            return
+        mapping = load_mapping()
+        producer = self.app.producer
+        futures = []
+        for alert in pending:
+            body = {
+                "schema": "guardstream.alert/v1",
+                **alert,
+                "ts": alert["ts"].isoformat(),
+                "evidence": orjson.loads(alert["evidence"]) if alert["evidence"] else {},
+                "nist_measure": mapping.signals.get(alert["detector"], []),
+                "ai600_risk": mapping.signal_risk(alert["detector"], alert["category"]),
+                "category_ai600_risk": mapping.risk(alert["category"]),
+            }
+            futures.append(
+                await producer.send(
+                    self.settings.alerts_topic,
+                    alert["user_id"].encode(),
+                    orjson.dumps(body),
+                    partition=None,
+                    timestamp=None,
+                    headers=None,
+                )
+            )
+        await asyncio.gather(*futures)
+        await self.db(self.store.mark_published, [a["alert_id"] for a in pending])
+
+    def status(self) -> dict[str, Any]:
+        partitions = {}
+        consumer = self.app.consumer if self.app is not None else None
+        for partition, next_offset in sorted(self.pipeline.next_offsets.items()):
+            highwater = None
+            if consumer is not None:
+                highwater = consumer.highwater(faust.types.TP(self.settings.decisions_topic, partition))
+            partitions[str(partition)] = {"next_offset": next_offset, "highwater": highwater}
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "topic": self.settings.decisions_topic,
+            "db": str(self.settings.db),
+            "partitions": partitions,
+            "counts": self.counts,
+            "started_at": self.started_at,
+            "first_batch_at": self.first_batch_at,
+            "last_commit_at": self.last_commit_at,
+        }
+
+
+def create_app(settings: Settings, service: Service) -> faust.App:
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{hp.strip()}" for hp in settings.bootstrap.split(",")],
+        broker_credentials=faust_broker_credentials(settings),
+        store="memory://",
+        autodiscover=False,
+        datadir=tempfile.mkdtemp(prefix="guardstream-faust-"),
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,  # unacked events are replayed from the store's offsets; never wait on them
+        stream_buffer_maxsize=65536,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        producer_linger_ms=5,
+        producer_max_request_size=2 * 1024 * 1024,
+        version=1,
+    )
+    service.app = app
+    decisions = app.topic(
+        settings.decisions_topic, key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions
+    )
+
+    @app.agent(decisions, name="guardstream.decisions")
+    async def process(stream: Any) -> None:
+        async for batch in stream.noack_take(settings.batch_max_events, within=settings.batch_max_seconds):
+            try:
+                await service.handle(batch, stream)
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                # Faust would ack the batch and carry on: that silently loses it. Stop hard instead; the
+                # store's offsets make the restart resume exactly after the last committed batch.
+                log.critical("batch processing failed; exiting so nothing is acked", exc_info=True)
+                logging.shutdown()
+                os._exit(EXIT_PIPELINE_FAILURE)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's signal type omits async handlers
+    async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        partitions = {tp.partition for tp in revoked if tp.topic == settings.decisions_topic}
+        if partitions:
+            async with service.lock:
+                service.pipeline.revoke(partitions)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        partitions = {tp.partition for tp in assigned if tp.topic == settings.decisions_topic}
+        if partitions:
+            async with service.lock:
+                await service.db(service.pipeline.assign, partitions)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def publish_pending_alerts() -> None:
+        await service.publish_outbox()  # alerts committed before a crash but never acknowledged
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(service.metrics.exposition(), content_type=CONTENT_TYPE)
+
+    @app.page("/status")
+    class StatusView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(service.status())
+
+    @app.page("/query")
+    class QueryView(View):
+        async def post(self, request: Request) -> Response:
+            sql = (await request.read()).decode("utf-8", "replace")
+            try:
+                table = await asyncio.to_thread(service.store.query, sql)
+            except QueryRefused as exc:
+                return self.bytes(str(exc).encode(), status=403, content_type="text/plain")
+            except Exception as exc:  # a bad query is the caller's problem, not the pipeline's
+                return self.bytes(f"{type(exc).__name__}: {exc}".encode(), status=400, content_type="text/plain")
+            import pyarrow as pa
+
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            return self.bytes(sink.getvalue().to_pybytes(), content_type="application/vnd.apache.arrow.stream")
+
+    return app

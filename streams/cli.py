@@ -1,0 +1,237 @@
+"""``guardstream``: the command-line front door."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from streams.settings import Settings
+
+app = typer.Typer(
+    help="guardstream: streaming abuse monitoring for LLM guardrail decisions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/bold red] {message}")
+    return typer.Exit(code)
+
+
+Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap HOST:PORT (env GUARDSTREAM_BOOTSTRAP)")]
+DbPath = Annotated[Path | None, typer.Option(help="DuckDB file (env GUARDSTREAM_DB)")]
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="port to listen on (loopback)")] = 9092,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+) -> None:
+    """Run the embedded Kafka-protocol broker (tansu, in-memory storage) until Ctrl-C."""
+    from streams.broker import BrokerError, EmbeddedBroker
+
+    try:
+        embedded = EmbeddedBroker(host=host, port=port).start()
+    except BrokerError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"embedded broker listening on [bold]{embedded.bootstrap}[/bold] (memory storage); Ctrl-C stops it")
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop and embedded.process is not None and embedded.process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        code = embedded.process.poll() if embedded.process else None
+        embedded.stop()
+    if code not in (None, 0) and not stop:
+        raise fail(f"the broker exited with code {code}")
+
+
+@app.command()
+def run(
+    bootstrap: Bootstrap = None,
+    db: DbPath = None,
+    web_port: Annotated[int | None, typer.Option(help="port for /metrics, /status, /query; 0 picks a free one")] = None,
+    decisions_topic: Annotated[str | None, typer.Option(help="input topic")] = None,
+    loglevel: Annotated[str, typer.Option(help="log level: debug, info, warning, error")] = "warning",
+) -> None:
+    """Run the pipeline: consume decisions, detect, persist to DuckDB, publish alerts, serve metrics."""
+    from streams.broker import BrokerError
+    from streams.store import StoreLocked
+    from streams.worker import run_worker
+
+    settings = Settings().with_overrides(bootstrap=bootstrap, db=db, web_port=web_port, decisions_topic=decisions_topic)
+    try:
+        run_worker(settings, loglevel=loglevel)
+    except (StoreLocked, BrokerError) as exc:
+        raise fail(str(exc)) from exc
+
+
+@app.command()
+def simulate(
+    bootstrap: Bootstrap = None,
+    users: Annotated[int, typer.Option(min=1, help="users, attackers included")] = 1000,
+    days: Annotated[float, typer.Option(min=0.01, help="days of event time the traffic spans")] = 7.0,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same traffic")] = 7,
+    labels: Annotated[Path, typer.Option(help="where to write the ground-truth labels (JSON lines)")] = Path(
+        "labels.jsonl"
+    ),
+    bad_events: Annotated[int, typer.Option(min=0, help="also send this many invalid events (for the DLQ)")] = 0,
+    offsets_file: Annotated[
+        Path | None, typer.Option(help="write {partition: offset after the last message sent} here (JSON)")
+    ] = None,
+) -> None:
+    """Produce seeded synthetic guardrail decisions with planted attackers; labels go to a file, never the events."""
+    from streams.broker import BrokerError, ensure_topics
+    from streams.produce import bad_events as make_bad
+    from streams.produce import produce
+    from streams.simulator import SimConfig, labels_to_rows
+    from streams.simulator import simulate as generate
+
+    settings = Settings().with_overrides(bootstrap=bootstrap)
+    started = time.monotonic()
+    sim = generate(SimConfig(users=users, days=days, seed=seed))
+    labels.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in labels_to_rows(sim.labels)))
+    broken = make_bad(bad_events, seed)
+    console.print(f"generated {len(sim.events):,} decisions in {time.monotonic() - started:.1f}s; labels in {labels}")
+    try:
+        asyncio.run(ensure_topics(settings))
+        with Progress(
+            TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
+            task = progress.add_task("produce", total=len(sim.events) + len(broken))
+            offsets = asyncio.run(produce(settings, sim.events, broken, lambda n: progress.advance(task, n), seed))
+    except (BrokerError, OSError) as exc:
+        raise fail(f"cannot produce to {settings.bootstrap}: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("aiokafka"):
+            raise fail(f"cannot produce to {settings.bootstrap}: {exc!r}") from exc
+        raise
+    console.print(
+        f"sent {len(sim.events) + len(broken):,} messages to {settings.decisions_topic} on {settings.bootstrap}"
+    )
+    if offsets_file is not None:
+        offsets_file.write_text(json.dumps({str(p): o for p, o in sorted(offsets.items())}))
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="a read-only SQL query (SELECT, DESCRIBE, SHOW, EXPLAIN)")],
+    db: DbPath = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table for people; csv or json for scripts")] = (
+        Format.table
+    ),
+    url: Annotated[str | None, typer.Option(help="query a running pipeline at this URL instead of finding it")] = None,
+) -> None:
+    """Ad-hoc SQL over the store; works while `guardstream run` holds the database."""
+    from streams.output import print_table, to_csv, to_json
+    from streams.query import QueryFailed
+    from streams.query import query as run_query
+    from streams.store import QueryRefused, StoreLocked
+
+    settings = Settings().with_overrides(db=db)
+    try:
+        table = run_query(settings.db, query, url=url)
+    except QueryRefused as exc:
+        raise fail(f"refused: {exc}") from exc
+    except (QueryFailed, StoreLocked, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("duckdb"):
+            raise fail(f"{type(exc).__name__}: {exc}") from exc
+        raise
+    if format is Format.table:
+        print_table(table, Console())
+    elif format is Format.csv:
+        sys.stdout.write(to_csv(table))
+    else:
+        sys.stdout.write(to_json(table) + "\n")
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=50, help="simulated users")] = 1000,
+    days: Annotated[float, typer.Option(min=0.5, help="days of event time")] = 7.0,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+    db: Annotated[Path, typer.Option(help="DuckDB file the demo leaves behind (replaced each run)")] = Path(
+        "guardstream-demo.duckdb"
+    ),
+    labels: Annotated[Path, typer.Option(help="ground-truth labels file")] = Path("guardstream-demo.labels.jsonl"),
+    bad_events: Annotated[int, typer.Option(min=0, help="invalid events mixed in, to show the dead-letter path")] = 25,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON here")] = None,
+) -> None:
+    """Everything, embedded: broker, pipeline, simulated traffic with planted attackers, and a report."""
+    from streams.broker import BrokerError
+    from streams.demo import DemoError, run_demo
+    from streams.query import QueryFailed
+
+    out = Console()
+    try:
+        result = run_demo(users=users, days=days, seed=seed, db=db, labels_path=labels, bad=bad_events, console=out)
+    except KeyboardInterrupt:
+        raise fail("interrupted; broker and pipeline stopped", 130) from None
+    except (DemoError, BrokerError, QueryFailed) as exc:
+        raise fail(str(exc)) from exc
+    if json_out is not None:
+        payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
+        json_out.write_text(json.dumps(payload, indent=2))
+    out.print(
+        f"\nthe store is in [bold]{db}[/bold]; try: guardstream sql --db {db} "
+        '"SELECT detector, severity, count(*) FROM alerts GROUP BY ALL"'
+    )
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the guardrail decision event contract (v1)."""
+    from detectors.events import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@app.command(name="settings")
+def show_settings() -> None:
+    """Show every setting with its current value (secrets hidden) and its environment variable."""
+    from rich.table import Table
+
+    current = Settings()
+    table = Table(title="guardstream settings")
+    for col in ("setting", "environment variable", "value", "meaning"):
+        table.add_column(col, overflow="fold")
+    for name, field in Settings.model_fields.items():
+        table.add_row(name, f"GUARDSTREAM_{name.upper()}", str(getattr(current, name)), field.description or "")
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""``guardstream demo``: the whole pipeline on the embedded broker, one process tree.
+
+Starts tansu, starts ``guardstream run`` as a child process, produces seeded synthetic traffic (with a
+few deliberately broken events), waits until the pipeline has committed everything, prints who was
+flagged against the planted attackers, then stops everything in order. Ctrl-C stops it cleanly too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from detectors.events import pseudonymize
+from streams.broker import EmbeddedBroker, ensure_topics, free_port
+from streams.produce import bad_events, produce
+from streams.query import query_service
+from streams.report import compare, print_comparison
+from streams.settings import Settings
+from streams.simulator import SimConfig, labels_to_rows, simulate
+
+DEMO_PSEUDONYM_KEY = "guardstream-demo-key"  # the demo shows pseudonymization on; real deployments set their own
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class DemoResult:
+    comparison: dict[str, Any]
+    events: int
+    bad_events: int
+    dead_letters: int
+    decisions: int
+    alerts: int
+    seconds: float
+    events_per_second: float
+    db: Path
+
+
+def _get_json(url: str, timeout: float = 2.0) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        data: dict[str, Any] = json.loads(response.read())
+        return data
+
+
+def _wait_for_service(url: str, worker: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise DemoError(f"the pipeline exited with code {worker.returncode} while starting")
+        try:
+            status = _get_json(url + "/status")
+            if status.get("partitions"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise DemoError(f"the pipeline did not start serving {url} within {timeout:.0f}s")
+
+
+def run_demo(
+    *,
+    users: int,
+    days: float,
+    seed: int,
+    db: Path,
+    labels_path: Path,
+    bad: int,
+    console: Console,
+    partitions: int = 4,
+    keep_db: bool = False,
+) -> DemoResult:
+    if db.exists() and not keep_db:
+        console.print(f"[dim]replacing the previous demo database {db}[/dim]")
+        db.unlink()
+        Path(str(db) + ".wal").unlink(missing_ok=True)
+    broker = EmbeddedBroker().start()
+    web_port = free_port()
+    url = f"http://127.0.0.1:{web_port}"
+    settings = Settings(bootstrap=broker.bootstrap, db=db, web_port=web_port, topic_partitions=partitions)
+    env = {
+        **os.environ,
+        "GUARDSTREAM_PSEUDONYM_KEY": DEMO_PSEUDONYM_KEY,
+        "GUARDSTREAM_TOPIC_PARTITIONS": str(partitions),
+    }
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        console.print(f"[bold]embedded broker[/bold] tansu on {broker.bootstrap}")
+        asyncio.run(ensure_topics(settings))
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "run",
+                "--bootstrap",
+                broker.bootstrap,
+                "--db",
+                str(db),
+                "--web-port",
+                str(web_port),
+            ],
+            env=env,
+        )
+        _wait_for_service(url, worker)
+        console.print(f"[bold]pipeline[/bold] pid {worker.pid}, metrics at {url}/metrics")
+
+        started = time.monotonic()
+        sim = simulate(SimConfig(users=users, days=days, seed=seed))
+        labels_path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in labels_to_rows(sim.labels)))
+        broken = bad_events(bad, seed)
+        total = len(sim.events) + len(broken)
+        console.print(
+            f"[bold]simulator[/bold] {len(sim.events):,} decisions from {users:,} users over {days:g} days "
+            f"(+{len(broken)} broken events); ground truth in {labels_path} "
+            f"({time.monotonic() - started:.1f}s)"
+        )
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
+            produced = progress.add_task("produce ", total=total)
+            processed = progress.add_task("pipeline", total=total)
+            produce_task = asyncio.run(
+                _produce_and_follow(settings, sim.events, broken, seed, url, progress, produced, processed, worker)
+            )
+        status = produce_task
+        first = status.get("first_batch_at") or time.time()
+        last = status.get("last_commit_at") or time.time()
+        seconds = max(1e-9, last - first)
+
+        alerts_rows = _rows(
+            query_service(
+                url, "SELECT tenant, user_id, detector, category, severity, ts, reason FROM alerts ORDER BY ts"
+            )
+        )
+        counts = _rows(
+            query_service(
+                url,
+                "SELECT (SELECT count(*) FROM decisions) AS decisions, "
+                "(SELECT count(*) FROM dead_letters) AS dead_letters, "
+                "(SELECT count(*) FROM alerts) AS alerts",
+            )
+        )[0]
+        key = DEMO_PSEUDONYM_KEY.encode()
+        label_rows = [{**r, "user_id": pseudonymize(r["user_id"], key)} for r in labels_to_rows(sim.labels)]
+        comparison = compare(label_rows, alerts_rows)
+        _print_report(console, alerts_rows, comparison, counts, len(broken), total, seconds)
+        print_comparison(comparison, console)
+        return DemoResult(
+            comparison=comparison.as_dict(),
+            events=len(sim.events),
+            bad_events=len(broken),
+            dead_letters=int(counts["dead_letters"]),
+            decisions=int(counts["decisions"]),
+            alerts=int(counts["alerts"]),
+            seconds=seconds,
+            events_per_second=total / seconds,
+            db=db,
+        )
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        broker.stop()
+
+
+async def _produce_and_follow(
+    settings: Settings,
+    events: list[dict[str, Any]],
+    broken: list[tuple[bytes, bytes]],
+    seed: int,
+    url: str,
+    progress: Progress,
+    produced: Any,
+    processed: Any,
+    worker: subprocess.Popen[bytes],
+) -> dict[str, Any]:
+    targets = await produce(settings, events, broken, progress=lambda n: progress.advance(produced, n), seed=seed)
+    total_target = sum(targets.values())
+    progress.update(produced, completed=total_target, total=total_target)
+    progress.update(processed, total=total_target)
+    stalled_since = time.monotonic()
+    last_done = -1
+    while True:
+        if worker.poll() is not None:
+            raise DemoError(f"the pipeline exited with code {worker.returncode} while processing")
+        status = await asyncio.to_thread(_get_json, url + "/status")
+        parts = status["partitions"]
+        done = sum(min(parts.get(str(p), {}).get("next_offset", 0), end) for p, end in targets.items())
+        progress.update(processed, completed=done)
+        if done >= total_target:
+            return status
+        if done != last_done:
+            last_done, stalled_since = done, time.monotonic()
+        elif time.monotonic() - stalled_since > 120:
+            raise DemoError(f"the pipeline made no progress for 120s at {done}/{total_target} messages")
+        await asyncio.sleep(0.3)
+
+
+def _rows(table: Any) -> list[dict[str, Any]]:
+    from streams.output import rows
+
+    return rows(table)
+
+
+def _print_report(
+    console: Console,
+    alerts: list[dict[str, Any]],
+    comparison: Any,
+    counts: dict[str, Any],
+    broken: int,
+    total: int,
+    seconds: float,
+) -> None:
+    console.rule("[bold]guardstream demo report")
+    console.print(
+        f"processed {total:,} messages in {seconds:.1f}s of pipeline time "
+        f"([bold]{total / seconds:,.0f} events/s[/bold]); {counts['decisions']:,} decisions stored, "
+        f"{counts['dead_letters']} dead letters (planted {broken}), {counts['alerts']} alerts"
+    )
+    console.print("[bold]flagged users[/bold] (first alert of each; user ids are pseudonyms)")
+    seen: set[tuple[str, str]] = set()
+    shown = 0
+    for alert in alerts:
+        key = (alert["tenant"], alert["user_id"])
+        if key in seen:
+            continue
+        seen.add(key)
+        shown += 1
+        if shown <= 15:
+            console.print(
+                f"  [bold]{alert['user_id']}[/bold] {alert['tenant']}  {alert['detector']} "
+                f"[{alert['category'] or '-'}] {alert['severity']} at {str(alert['ts'])[:16]}\n"
+                f"      [dim]{alert['reason']}[/dim]",
+                highlight=False,
+            )
+    if shown > 15:
+        console.print(f'[dim]... and {shown - 15} more flagged users: guardstream sql "SELECT * FROM alerts"[/dim]')

@@ -1,0 +1,162 @@
+"""Every Prometheus metric guardstream exports, in one place.
+
+Names follow ``guardstream_<subsystem>_<name>_<unit>``. Labels are bounded enumerations only: stage,
+decision, category (capped, overflow as ``other``), detector, severity, reason code, partition, and the
+NIST labels from the versioned mapping. Never a user, session or event id: per-user detail lives in DuckDB.
+Children are created at start-up and cached, and the hot path increments once per label set per batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import Counter as PromCounter
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from detectors.events import REJECTION_CODES
+from streams.nist import NistMapping, load_mapping
+
+OTHER = "other"
+STAGES = ("input", "output", "tool", "judge")
+VERDICTS = ("allow", "block", "redact", "escalate")
+OUTCOMES = ("allowed", "hugging", "blocked")
+SEVERITIES = ("warning", "critical")
+DETECTORS = ("boundary_hugging", "boundary_hugging_slow_burn")
+CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")  # aiohttp sets the charset itself
+
+
+class BoundedValues:
+    """Admits at most ``limit`` distinct free-form label values (categories, guardrail names): past that,
+    new values are reported as ``other`` so a misbehaving producer cannot explode the series count."""
+
+    def __init__(self, limit: int, initial: Iterable[str] = ()) -> None:
+        self.limit = limit
+        self.values: set[str] = set(initial)
+
+    def __call__(self, value: str) -> str:
+        if value in self.values:
+            return value
+        if len(self.values) < self.limit:
+            self.values.add(value)
+            return value
+        return OTHER
+
+
+class Metrics:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        mapping: NistMapping | None = None,
+        category_limit: int = 64,
+        guardrail_limit: int = 16,
+    ) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.mapping = mapping or load_mapping()
+        self.category = BoundedValues(category_limit, self.mapping.categories)
+        self.guardrail = BoundedValues(guardrail_limit)
+        r = self.registry
+        self.build_info = Gauge(
+            "guardstream_build_info",
+            "Build and mapping versions (value is always 1)",
+            ["version", "nist_mapping_version"],
+            registry=r,
+        )
+        self.decisions = PromCounter(
+            "guardstream_pipeline_decisions_total",
+            "Decisions processed (new, not duplicates), by verdict",
+            ["stage", "guardrail", "decision", "nist_measure"],
+            registry=r,
+        )
+        self.category_decisions = PromCounter(
+            "guardstream_safety_category_decisions_total",
+            "Per-category outcomes of processed decisions: allowed, hugging (within the band under the "
+            "threshold) or blocked (at or over it)",
+            ["stage", "category", "outcome", "nist_measure", "ai600_risk"],
+            registry=r,
+        )
+        self.alerts = PromCounter(
+            "guardstream_detector_alerts_total",
+            "Alerts raised, by detector and severity",
+            ["detector", "severity", "nist_measure", "ai600_risk"],
+            registry=r,
+        )
+        self.dead_letters = PromCounter(
+            "guardstream_ingest_dead_letters_total",
+            "Messages sent to the dead-letter topic, by reason",
+            ["reason", "nist_measure"],
+            registry=r,
+        )
+        self.duplicates = PromCounter(
+            "guardstream_ingest_duplicate_events_total",
+            "Events whose event_id was already stored (counted once, not again)",
+            registry=r,
+        )
+        self.consumed = PromCounter(
+            "guardstream_ingest_messages_total", "Messages read from the decisions topic", registry=r
+        )
+        self.lag = Gauge(
+            "guardstream_consumer_lag_messages",
+            "Messages in the partition not yet committed to the store",
+            ["partition"],
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "guardstream_sink_batch_duration_seconds",
+            "Time to process and commit one batch (detectors + DuckDB transaction)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.batch_events = Histogram(
+            "guardstream_sink_batch_size_events",
+            "Messages per committed batch",
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000),
+            registry=r,
+        )
+        self.ingest_latency = Histogram(
+            "guardstream_pipeline_ingest_latency_seconds",
+            "From the broker's record timestamp to the batch's commit in the store",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.last_commit = Gauge(
+            "guardstream_sink_last_commit_timestamp_seconds", "Wall-clock time of the last committed batch", registry=r
+        )
+        self.tracked_users = Gauge(
+            "guardstream_detector_tracked_users", "Users with detector state in memory", registry=r
+        )
+        from streams import __version__
+
+        self.build_info.labels(__version__, self.mapping.version).set(1)
+        self._precreate()
+
+    def _precreate(self) -> None:
+        m = self.mapping
+        for code in REJECTION_CODES:
+            self.dead_letters.labels(code, m.measure("dead_letters"))
+        for detector in DETECTORS:
+            for severity in SEVERITIES:
+                self.alerts.labels(detector, severity, m.measure(detector), m.signal_risk(detector, None))
+
+    def observe_decisions(self, counts: Counter[tuple[str, str, str]]) -> None:
+        measure = self.mapping.measure("decisions")
+        for (stage, guardrail, decision), n in counts.items():
+            self.decisions.labels(stage, self.guardrail(guardrail), decision, measure).inc(n)
+
+    def observe_categories(self, counts: Counter[tuple[str, str, str]]) -> None:
+        m = self.mapping
+        for (stage, category, outcome), n in counts.items():
+            signal = {"allowed": "decisions", "hugging": "hugging", "blocked": "blocks"}[outcome]
+            label = self.category(category)
+            self.category_decisions.labels(stage, label, outcome, m.measure(signal), m.risk(category)).inc(n)
+
+    def observe_alert(self, detector: str, severity: str, category: str | None) -> None:
+        m = self.mapping
+        self.alerts.labels(detector, severity, m.measure(detector), m.signal_risk(detector, category)).inc()
+
+    def observe_dead_letter(self, code: str) -> None:
+        self.dead_letters.labels(code, self.mapping.measure("dead_letters")).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,291 @@
+"""The batch hot path, free of Kafka: decode once, dedupe, run the detectors, write one checkpoint.
+
+The Faust agent (``streams/app.py``) hands each batch of raw messages here. ``prepare`` decides what is
+valid; ``commit`` stores it together with detector state and the offsets it covers in one DuckDB
+transaction. The database, not the consumer group, is the source of truth for what has been processed:
+a message whose offset is below the stored ``next_offset`` is skipped, and an ``event_id`` already stored
+is counted as a duplicate, so a crash, a restart or a full replay never loses or double-counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+import orjson
+import pyarrow as pa
+
+from detectors.boundary import CategoryOutcome, category_outcomes
+from detectors.engine import Engine
+from detectors.events import Decision, Rejection, decode
+from detectors.findings import Finding
+from streams.store import Checkpoint, Store
+
+log = logging.getLogger("guardstream.pipeline")
+
+DAY_MS = 86_400_000
+TS_MS = pa.timestamp("ms", tz="UTC")
+SCORE_MAP = pa.map_(pa.string(), pa.float64())
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int  # the broker's record timestamp (produce time), for ingest latency
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message: Message
+    code: str
+    detail: str
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    message: Message
+    event: Decision
+    ts_ms: int
+    hugging: list[str]
+    blocked: list[str]
+    outcomes: list[CategoryOutcome]
+
+
+@dataclass(slots=True)
+class Prepared:
+    accepted: list[Accepted] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    offsets: dict[int, int] = field(default_factory=dict)
+    already_committed: int = 0  # below the stored offset: processed before a restart
+    not_assigned: int = 0  # partition revoked while the batch was in flight: the new owner reads it
+
+
+@dataclass(slots=True)
+class Outcome:
+    new: list[Accepted] = field(default_factory=list)
+    duplicates: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # raised while committing (detector errors)
+    category_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # stage, category, outcome
+    decision_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # stage, guardrail, decision
+
+
+class Pipeline:
+    def __init__(self, store: Store, engine: Engine, *, topic: str, pseudonym_key: bytes | None = None) -> None:
+        self.store = store
+        self.engine = engine
+        self.band = engine.band  # one band for stored columns and detectors
+        self.topic = topic
+        self.pseudonym_key = pseudonym_key
+        self.next_offsets: dict[int, int] = {}
+        self.assigned: set[int] = set()
+
+    # -- partitions ------------------------------------------------------------------------------------
+    def assign(self, partitions: set[int]) -> None:
+        """Load the checkpoint of partitions this worker now owns."""
+        stored = self.store.offsets(self.topic)
+        for partition in sorted(partitions - self.assigned):
+            self.engine.load_partition(partition, self.store.population(partition), self.store.user_states(partition))
+            self.next_offsets[partition] = stored.get(partition, 0)
+            self.assigned.add(partition)
+            log.info("partition %d assigned: resuming after offset %d", partition, self.next_offsets[partition])
+
+    def revoke(self, partitions: set[int]) -> None:
+        for partition in partitions & self.assigned:
+            self.engine.drop_partition(partition)
+            self.next_offsets.pop(partition, None)
+            self.assigned.discard(partition)
+
+    # -- the batch -------------------------------------------------------------------------------------
+    def prepare(self, messages: list[Message]) -> Prepared:
+        out = Prepared()
+        seen: set[str] = set()
+        band = self.band
+        for msg in messages:
+            if msg.partition not in self.assigned:
+                out.not_assigned += 1
+                continue
+            if msg.offset < self.next_offsets[msg.partition]:
+                out.already_committed += 1
+                continue
+            out.offsets[msg.partition] = max(out.offsets.get(msg.partition, 0), msg.offset + 1)
+            result = decode(msg.value, pseudonym_key=self.pseudonym_key)
+            if isinstance(result, Rejection):
+                out.dead_letters.append(DeadLetter(msg, result.code, result.detail))
+                continue
+            if result.event_id in seen:
+                continue  # a duplicate inside one batch; counted with the stored duplicates below
+            seen.add(result.event_id)
+            outcomes = category_outcomes(result, band)
+            hugging = [o[0] for o in outcomes if o[2]]
+            blocked = [o[0] for o in outcomes if o[3]]
+            ts_ms = int(result.ts.timestamp() * 1000)
+            out.accepted.append(Accepted(msg, result, ts_ms, hugging, blocked, outcomes))
+        return out
+
+    def commit(self, prepared: Prepared) -> Outcome:
+        """One transaction: new decisions, aggregates, alerts, dead letters, state and offsets."""
+        outcome = Outcome()
+        store = self.store
+        store.begin()
+        try:
+            new_ids = store.insert_decisions(self._decisions_table(prepared.accepted)) if prepared.accepted else set()
+            daily: dict[tuple[str, str, str, int], list[float]] = {}
+            for item in prepared.accepted:
+                event = item.event
+                if event.event_id not in new_ids:
+                    outcome.duplicates += 1
+                    continue
+                new_ids.discard(event.event_id)  # a second copy in this batch is a duplicate too
+                outcome.new.append(item)
+                try:
+                    outcome.findings.extend(
+                        self.engine.process(item.message.partition, event, item.ts_ms, item.outcomes)
+                    )
+                except Exception as exc:  # a detector bug must not stop the stream, nor hide the event
+                    log.exception("detector failed on event %s", event.event_id)
+                    outcome.dead_letters.append(
+                        DeadLetter(item.message, "detector_error", f"{type(exc).__name__}: {exc}", event.event_id)
+                    )
+                day = item.ts_ms // DAY_MS
+                stage = event.stage
+                outcome.decision_counts[(stage, event.guardrail.name, event.decision)] += 1
+                for category, score, hug, blk in item.outcomes:
+                    key = (event.tenant, event.user_id, category, day)
+                    agg = daily.get(key)
+                    if agg is None:
+                        agg = daily[key] = [0, 0, 0, 0.0]
+                    agg[0] += 1
+                    agg[1] += blk
+                    agg[2] += hug
+                    agg[3] += score
+                    outcome.category_counts[
+                        (stage, category, "blocked" if blk else "hugging" if hug else "allowed")
+                    ] += 1
+            dirty = self.engine.take_dirty()
+            store.finish(
+                Checkpoint(
+                    topic=self.topic,
+                    daily=_daily_table(daily),
+                    alerts=_alerts_table(outcome.findings),
+                    dead_letters=_dead_letters_table(self.topic, prepared.dead_letters + outcome.dead_letters),
+                    users=dirty.users,
+                    populations=dirty.populations,
+                    offsets=prepared.offsets,
+                )
+            )
+        except BaseException:
+            store.rollback()
+            raise
+        for partition, next_offset in prepared.offsets.items():
+            self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), next_offset)
+        return outcome
+
+    @staticmethod
+    def _decisions_table(accepted: list[Accepted]) -> pa.Table:
+        now = datetime.now(UTC)
+        events = [a.event for a in accepted]
+        return pa.table(
+            {
+                "event_id": [e.event_id for e in events],
+                "ts": pa.array([a.ts_ms for a in accepted], TS_MS),
+                "tenant": [e.tenant for e in events],
+                "user_id": [e.user_id for e in events],
+                "session_id": pa.array([e.session_id for e in events], pa.string()),
+                "turn": pa.array([e.turn for e in events], pa.int32()),
+                "request_id": pa.array([e.request_id for e in events], pa.string()),
+                "stage": [e.stage for e in events],
+                "guardrail": [e.guardrail.name for e in events],
+                "guardrail_version": [e.guardrail.version for e in events],
+                "policy_version": pa.array([e.policy_version for e in events], pa.string()),
+                "decision": [e.decision for e in events],
+                "categories": pa.array([e.categories for e in events], pa.list_(pa.string())),
+                "scores": pa.array([list(e.scores.items()) for e in events], SCORE_MAP),
+                "thresholds": pa.array([list(e.thresholds.items()) for e in events], SCORE_MAP),
+                "max_score": pa.array([max(e.scores.values(), default=None) for e in events], pa.float64()),
+                "min_margin": pa.array(
+                    [
+                        min((e.thresholds[c] - s for c, s in e.scores.items() if c in e.thresholds), default=None)
+                        for e in events
+                    ],
+                    pa.float64(),
+                ),
+                "hugging_categories": pa.array([a.hugging for a in accepted], pa.list_(pa.string())),
+                "blocked_categories": pa.array([a.blocked for a in accepted], pa.list_(pa.string())),
+                "judge_name": pa.array([e.judge.name if e.judge else None for e in events], pa.string()),
+                "judge_verdict": pa.array([e.judge.verdict if e.judge else None for e in events], pa.string()),
+                "judge_score": pa.array([e.judge.score if e.judge else None for e in events], pa.float64()),
+                "model": pa.array([e.model for e in events], pa.string()),
+                "latency_ms": pa.array([e.latency_ms for e in events], pa.float64()),
+                "input_chars": pa.array([e.input_chars for e in events], pa.int64()),
+                "output_chars": pa.array([e.output_chars for e in events], pa.int64()),
+                "kafka_partition": pa.array([a.message.partition for a in accepted], pa.int32()),
+                "kafka_offset": pa.array([a.message.offset for a in accepted], pa.int64()),
+                "ingested_at": pa.array([now] * len(accepted), pa.timestamp("us", tz="UTC")),
+            }
+        )
+
+
+def _daily_table(daily: dict[tuple[str, str, str, int], list[float]]) -> pa.Table | None:
+    if not daily:
+        return None
+    keys = list(daily)
+    values = list(daily.values())
+    return pa.table(
+        {
+            "tenant": [k[0] for k in keys],
+            "user_id": [k[1] for k in keys],
+            "category": [k[2] for k in keys],
+            "day": pa.array([date.fromordinal(719163 + k[3]) for k in keys], pa.date32()),
+            "decisions": pa.array([int(v[0]) for v in values], pa.int64()),
+            "blocks": pa.array([int(v[1]) for v in values], pa.int64()),
+            "hugs": pa.array([int(v[2]) for v in values], pa.int64()),
+            "score_sum": pa.array([v[3] for v in values], pa.float64()),
+        }
+    )
+
+
+def _alerts_table(findings: list[Finding]) -> pa.Table | None:
+    if not findings:
+        return None
+    now = datetime.now(UTC)
+    return pa.table(
+        {
+            "alert_id": [f.alert_id for f in findings],
+            "ts": pa.array([f.ts_ms for f in findings], TS_MS),
+            "tenant": [f.tenant for f in findings],
+            "user_id": [f.user_id for f in findings],
+            "detector": [f.detector for f in findings],
+            "category": pa.array([f.category for f in findings], pa.string()),
+            "severity": [f.severity for f in findings],
+            "score": pa.array([f.score for f in findings], pa.float64()),
+            "reason": [f.reason for f in findings],
+            "evidence": [orjson.dumps(f.evidence).decode() for f in findings],
+            "created_at": pa.array([now] * len(findings), pa.timestamp("us", tz="UTC")),
+            "published": [False] * len(findings),
+        }
+    )
+
+
+def _dead_letters_table(topic: str, letters: list[DeadLetter]) -> pa.Table | None:
+    if not letters:
+        return None
+    now = datetime.now(UTC)
+    return pa.table(
+        {
+            "source_topic": [topic] * len(letters),
+            "kafka_partition": pa.array([d.message.partition for d in letters], pa.int32()),
+            "kafka_offset": pa.array([d.message.offset for d in letters], pa.int64()),
+            "reason_code": [d.code for d in letters],
+            "reason": [d.detail[:2000] for d in letters],
+            "size_bytes": pa.array([len(d.message.value or b"") for d in letters], pa.int64()),
+            "event_id": pa.array([d.event_id for d in letters], pa.string()),
+            "ingested_at": pa.array([now] * len(letters), pa.timestamp("us", tz="UTC")),
+        }
+    )

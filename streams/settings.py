@@ -1,0 +1,52 @@
+"""The one settings object. Every field reads ``GUARDSTREAM_<NAME>`` from the environment (or a ``.env``
+file); CLI flags override. ``guardstream settings`` prints them all with their current values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GUARDSTREAM_", env_file=".env", extra="ignore", frozen=True)
+
+    # Kafka
+    bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, HOST:PORT[,HOST:PORT]")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when security_protocol is SASL_*"
+    )
+    sasl_username: str | None = Field(None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(None, description="SASL password")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for TLS to the brokers")
+    decisions_topic: str = Field("guardrail.decisions", description="input topic (the v1 event contract)")
+    alerts_topic: str = Field("guardrail.alerts", description="alerts are published here")
+    dlq_topic: str = Field("guardrail.decisions.dlq", description="dead-letter topic for rejected events")
+    topic_partitions: int = Field(4, ge=1, description="partitions when guardstream creates the topics")
+    consumer_group: str = Field("guardstream", description="consumer group id (the Faust app id)")
+
+    # Pipeline
+    db: Path = Field(Path("guardstream.duckdb"), description="DuckDB file; this process is its one writer")
+    batch_max_events: int = Field(5000, ge=1, description="largest batch handed to the detectors and the sink")
+    batch_max_seconds: float = Field(0.5, gt=0, description="longest a partial batch waits before it is processed")
+    hugging_band: float = Field(0.2, gt=0, lt=1, description="a decision hugs when 0 < margin <= band*threshold")
+    pseudonym_key: SecretStr | None = Field(
+        None, description="if set, user ids are replaced by HMAC-SHA256(key, user_id) before anything is stored"
+    )
+
+    # Serving (metrics, status and the read-only query endpoint)
+    web_host: str = Field("127.0.0.1", description="interface for /metrics, /status and /query (loopback)")
+    web_port: int = Field(6066, ge=0, le=65535, description="port for /metrics, /status and /query")
+
+    def pseudonym_key_bytes(self) -> bytes | None:
+        return self.pseudonym_key.get_secret_value().encode("utf-8") if self.pseudonym_key else None
+
+    def with_overrides(self, **overrides: object) -> Settings:
+        """A copy with the CLI flags that were actually given (``None`` means not given)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return type(self)(**{**self.model_dump(), **given}) if given else self

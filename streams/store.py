@@ -1,0 +1,251 @@
+"""The DuckDB store: schema migrations, the one writer's checkpoint transaction, and read-only queries.
+
+DuckDB lets one process hold the file for writing, and no other process can open it meanwhile, not even
+read-only. So the running pipeline answers queries itself (``/query``, through a separate cursor that
+sees committed snapshots) and ``guardstream sql`` opens the file directly only when no pipeline holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+
+
+class QueryRefused(ValueError):
+    """The query is not a read-only statement."""
+
+
+def sql_dir() -> Path:
+    """The migrations folder: the repository's ``sql/`` or the copy packaged into the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "sql", here / "_sql"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("guardstream's sql/ migrations folder is missing from this installation")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    found = []
+    for path in sorted(sql_dir().glob("[0-9][0-9][0-9]_*.sql")):
+        found.append((int(path.name[:3]), path.stem, path.read_text()))
+    return found
+
+
+def migrate(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply every migration not yet applied, each in its own transaction. Returns the applied names."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+    applied = []
+    for version, name, text in migrations():
+        if version in done:
+            continue
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            conn.execute(text)
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied
+
+
+def check_read_only(sql: str) -> None:
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryRefused(f"cannot parse query: {exc}") from exc
+    if not statements:
+        raise QueryRefused("empty query")
+    for statement in statements:
+        kind = statement.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            raise QueryRefused(f"only read-only statements are allowed here, not {kind}")
+        if kind == "PRAGMA" and not re.match(
+            r"\s*pragma\s+(version|database_size|show_tables|table_info)", statement.query, re.IGNORECASE
+        ):
+            raise QueryRefused("only informational PRAGMAs are allowed here")
+
+
+def run_read_only(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    """Run a read-only query on a cursor inside a transaction that is always rolled back."""
+    check_read_only(sql)
+    cursor = conn.cursor()
+    try:
+        cursor.execute("BEGIN TRANSACTION")
+        try:
+            statements = duckdb.extract_statements(sql)
+            for statement in statements[:-1]:
+                cursor.execute(statement)
+            relation = cursor.sql(statements[-1].query)
+            result = relation.to_arrow_table() if relation is not None else pa.table({})
+        finally:
+            cursor.execute("ROLLBACK")
+    finally:
+        cursor.close()
+    return result
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """Everything one batch changes, written atomically: data, state and the offsets it covers."""
+
+    topic: str
+    decisions: pa.Table | None = None
+    daily: pa.Table | None = None
+    alerts: pa.Table | None = None
+    dead_letters: pa.Table | None = None
+    users: list[tuple[int, str, str, bytes]] = field(default_factory=list)
+    populations: list[tuple[int, bytes]] = field(default_factory=list)
+    offsets: dict[int, int] = field(default_factory=dict)
+
+
+class Store:
+    """The single writer. Every method runs on the caller's thread; one batch at a time."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self.conn = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            raise StoreLocked(self.path, exc) from exc
+        migrate(self.conn)
+        self._reader = self.conn.cursor()  # queries from other threads branch off this, never off the writer
+
+    def close(self) -> None:
+        self._reader.close()
+        self.conn.close()
+
+    # -- reading the checkpoint -------------------------------------------------------------------
+    def offsets(self, topic: str) -> dict[int, int]:
+        rows = self.conn.execute(
+            "SELECT kafka_partition, next_offset FROM consumer_offsets WHERE topic = ?", [topic]
+        ).fetchall()
+        return {int(p): int(o) for p, o in rows}
+
+    def population(self, partition: int) -> bytes | None:
+        row = self.conn.execute("SELECT state FROM population_state WHERE kafka_partition = ?", [partition]).fetchone()
+        return bytes(row[0]) if row else None
+
+    def user_states(self, partition: int) -> Iterable[tuple[str, str, bytes]]:
+        cursor = self.conn.execute(
+            "SELECT tenant, user_id, state FROM detector_state WHERE kafka_partition = ?", [partition]
+        )
+        while rows := cursor.fetchmany(10_000):
+            for tenant, user_id, state in rows:
+                yield tenant, user_id, bytes(state)
+
+    # -- writing -------------------------------------------------------------------------------
+    def begin(self) -> None:
+        self.conn.execute("BEGIN TRANSACTION")
+
+    def insert_decisions(self, decisions: pa.Table) -> set[str]:
+        """Insert the batch's decisions, skipping event_ids already stored; return the ids that were new."""
+        self.conn.register("decisions_batch", decisions)
+        try:
+            rows = self.conn.execute(
+                "INSERT INTO decisions BY NAME SELECT * FROM decisions_batch ON CONFLICT DO NOTHING RETURNING event_id"
+            ).fetchall()
+        finally:
+            self.conn.unregister("decisions_batch")
+        return {r[0] for r in rows}
+
+    def finish(self, cp: Checkpoint) -> None:
+        """Write the rest of the checkpoint and commit. On any error the whole batch rolls back."""
+        conn = self.conn
+        if cp.daily is not None and cp.daily.num_rows:
+            conn.register("daily_batch", cp.daily)
+            conn.execute(
+                "INSERT INTO user_category_daily BY NAME SELECT * FROM daily_batch "
+                "ON CONFLICT (tenant, user_id, category, day) DO UPDATE SET "
+                "decisions = decisions + excluded.decisions, blocks = blocks + excluded.blocks, "
+                "hugs = hugs + excluded.hugs, score_sum = score_sum + excluded.score_sum"
+            )
+            conn.unregister("daily_batch")
+        if cp.alerts is not None and cp.alerts.num_rows:
+            conn.register("alerts_batch", cp.alerts)
+            conn.execute("INSERT INTO alerts BY NAME SELECT * FROM alerts_batch ON CONFLICT DO NOTHING")
+            conn.unregister("alerts_batch")
+        if cp.dead_letters is not None and cp.dead_letters.num_rows:
+            conn.register("dlq_batch", cp.dead_letters)
+            conn.execute("INSERT INTO dead_letters BY NAME SELECT * FROM dlq_batch ON CONFLICT DO NOTHING")
+            conn.unregister("dlq_batch")
+        if cp.users:
+            users = pa.table(
+                {
+                    "kafka_partition": pa.array([u[0] for u in cp.users], pa.int32()),
+                    "tenant": [u[1] for u in cp.users],
+                    "user_id": [u[2] for u in cp.users],
+                    "state": pa.array([u[3] for u in cp.users], pa.binary()),
+                }
+            )
+            conn.register("state_batch", users)
+            conn.execute(
+                "INSERT INTO detector_state BY NAME SELECT * FROM state_batch "
+                "ON CONFLICT (kafka_partition, tenant, user_id) DO UPDATE SET state = excluded.state"
+            )
+            conn.unregister("state_batch")
+        for partition, blob in cp.populations:
+            conn.execute(
+                "INSERT INTO population_state VALUES (?, ?) "
+                "ON CONFLICT (kafka_partition) DO UPDATE SET state = excluded.state",
+                [partition, blob],
+            )
+        for partition, next_offset in cp.offsets.items():
+            conn.execute(
+                "INSERT INTO consumer_offsets VALUES (?, ?, ?, now()) ON CONFLICT (topic, kafka_partition) "
+                "DO UPDATE SET next_offset = greatest(next_offset, excluded.next_offset), updated_at = now()",
+                [cp.topic, partition, next_offset],
+            )
+        conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self.conn.execute("ROLLBACK")
+
+    def unpublished_alerts(self) -> list[dict[str, Any]]:
+        cursor = self.conn.execute(
+            "SELECT alert_id, ts, tenant, user_id, detector, category, severity, score, reason, evidence "
+            "FROM alerts WHERE NOT published ORDER BY ts, alert_id"
+        )
+        names = [d[0] for d in cursor.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def mark_published(self, alert_ids: Sequence[str]) -> None:
+        if alert_ids:
+            self.conn.execute("UPDATE alerts SET published = true WHERE alert_id IN ?", [list(alert_ids)])
+
+    def query(self, sql: str) -> pa.Table:
+        """Safe from any thread while the writer works: a separate cursor sees committed snapshots."""
+        return run_read_only(self._reader, sql)
+
+
+class StoreLocked(RuntimeError):
+    def __init__(self, path: Path, cause: Exception) -> None:
+        super().__init__(
+            f"{path} is held by another process (DuckDB allows one writer). Stop the other guardstream "
+            f"process, or query it through its /query endpoint with `guardstream sql`. ({cause})"
+        )
+
+
+def open_read_only(path: Path | str) -> duckdb.DuckDBPyConnection:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no database at {path}: run the pipeline first, or pass --db")
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException as exc:
+        raise StoreLocked(path, exc) from exc

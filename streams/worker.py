@@ -1,0 +1,67 @@
+"""Start one pipeline worker: open the store, make sure the topics exist, run the Faust app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from detectors.boundary import HuggingConfig
+from detectors.engine import Engine
+from streams.app import Service, create_app
+from streams.broker import ensure_topics, free_port, pid_alive
+from streams.metrics import Metrics
+from streams.pipeline import Pipeline
+from streams.settings import Settings
+from streams.store import Store
+
+log = logging.getLogger("guardstream.worker")
+
+
+def service_file(db: Path) -> Path:
+    """Where a running pipeline announces its loopback URL, so readers find it while it holds the DB."""
+    return db.with_name(db.name + ".service.json")
+
+
+def running_service(db: Path) -> dict[str, Any] | None:
+    path = service_file(db)
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if pid_alive(int(info.get("pid", 0))) else None
+
+
+def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
+    if settings.web_port == 0:
+        settings = settings.with_overrides(web_port=free_port(settings.web_host))
+    store = Store(settings.db)
+    asyncio.run(ensure_topics(settings))
+    engine = Engine(HuggingConfig(band=settings.hugging_band))
+    pipeline = Pipeline(store, engine, topic=settings.decisions_topic, pseudonym_key=settings.pseudonym_key_bytes())
+    service = Service(settings, store, pipeline, Metrics())
+    app = create_app(settings, service)
+    announce = service_file(settings.db)
+    announce.write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "url": f"http://{settings.web_host}:{settings.web_port}",
+                "db": str(settings.db.resolve()),
+            }
+        )
+    )
+    try:
+        worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        worker.execute_from_commandline()
+    finally:
+        with contextlib.suppress(OSError):
+            announce.unlink()
+        store.close()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+from streams.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One real tansu broker for the session; each test uses its own uuid-named topics."""
+    with EmbeddedBroker() as embedded:
+        yield embedded
+
+
+@pytest.fixture
+def topics() -> dict[str, str]:
+    run = uuid.uuid4().hex[:10]
+    return {
+        "decisions_topic": f"decisions-{run}",
+        "alerts_topic": f"alerts-{run}",
+        "dlq_topic": f"dlq-{run}",
+        "consumer_group": f"guardstream-{run}",
+    }
+
+
+@pytest.fixture
+def settings(broker: EmbeddedBroker, topics: dict[str, str], tmp_path: Path) -> Settings:
+    return Settings(bootstrap=broker.bootstrap, db=tmp_path / "store.duckdb", **topics)  # type: ignore[arg-type]
+
+
+def promtool() -> str | None:
+    return shutil.which("promtool")

@@ -1,0 +1,224 @@
+"""`guardstream run` against a separately started broker, fed by `guardstream simulate`, queried with
+`guardstream sql` while it runs: the spine's acceptance path, with real processes and a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from streams.broker import client_kwargs, free_port
+from streams.settings import Settings
+from tests.conftest import promtool
+
+pytestmark = pytest.mark.integration
+GUARDSTREAM = [sys.executable, "-m", "streams.cli"]
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "GUARDSTREAM_BOOTSTRAP": settings.bootstrap,
+        "GUARDSTREAM_DB": str(settings.db),
+        "GUARDSTREAM_DECISIONS_TOPIC": settings.decisions_topic,
+        "GUARDSTREAM_ALERTS_TOPIC": settings.alerts_topic,
+        "GUARDSTREAM_DLQ_TOPIC": settings.dlq_topic,
+        "GUARDSTREAM_CONSUMER_GROUP": settings.consumer_group,
+    }
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        data: dict[str, Any] = json.loads(response.read())
+        return data
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except OSError as exc:
+            last_error = exc
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what} ({last_error})")
+
+
+async def read_topic(settings: Settings, topic: str) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, **client_kwargs(settings), auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        records: list[Any] = []
+        while True:
+            batch = await consumer.getmany(timeout_ms=1500)
+            if not batch:
+                return records
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    proc = subprocess.Popen([*GUARDSTREAM, "run", "--web-port", str(port)], env=env_for(settings))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: get_json(url + "/status")["partitions"], 90, "the worker to serve /status")
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_run_simulate_and_query_while_running(
+    settings: Settings, worker: tuple[subprocess.Popen[bytes], str], tmp_path: Path
+) -> None:
+    proc, url = worker
+    env = env_for(settings)
+    labels = tmp_path / "labels.jsonl"
+    sim = subprocess.run(
+        [
+            *GUARDSTREAM,
+            "simulate",
+            "--users",
+            "150",
+            "--days",
+            "2",
+            "--seed",
+            "5",
+            "--labels",
+            str(labels),
+            "--bad-events",
+            "30",
+            "--offsets-file",
+            str(tmp_path / "o.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert sim.returncode == 0, sim.stderr
+    assert labels.read_text().count("\n") == 150
+    assert "text" not in labels.read_text()
+
+    targets = {int(p): o for p, o in json.loads((tmp_path / "o.json").read_text()).items()}
+    total = sum(targets.values())
+
+    def caught_up() -> bool:
+        parts = get_json(url + "/status")["partitions"]
+        return sum(parts.get(str(p), {}).get("next_offset", 0) for p in targets) >= total
+
+    wait_until(caught_up, 180, "the pipeline to commit every message")
+
+    # the file is locked by the running worker, yet `guardstream sql` answers (through the worker)
+    out = subprocess.run(
+        [
+            *GUARDSTREAM,
+            "sql",
+            "SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM decisions",
+            "--format",
+            "csv",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    row = next(csv.DictReader(io.StringIO(out.stdout)))
+    assert int(row["n"]) == int(row["ids"]) == total - 30
+
+    dlq = json.loads(
+        subprocess.run(
+            [
+                *GUARDSTREAM,
+                "sql",
+                "SELECT reason_code, count(*) AS n FROM dead_letters GROUP BY ALL",
+                "--format",
+                "json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert sum(r["n"] for r in dlq) == 30
+
+    refused = subprocess.run([*GUARDSTREAM, "sql", "DELETE FROM decisions"], env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "read-only" in refused.stderr
+
+    # the dead-letter topic holds every rejected message with its reason and source coordinates
+    records = asyncio.run(read_topic(settings, settings.dlq_topic))
+    assert len(records) == 30
+    headers = dict(records[0].headers)
+    assert headers["guardstream.reason_code"] and headers["guardstream.source_offset"]
+
+    # alerts: on the topic exactly as in the table
+    alerts = json.loads(
+        subprocess.run(
+            [*GUARDSTREAM, "sql", "SELECT alert_id FROM alerts", "-f", "json"], env=env, capture_output=True, text=True
+        ).stdout
+    )
+    assert alerts, "planted boundary huggers should be flagged"
+    published = wait_until(lambda: asyncio.run(read_topic(settings, settings.alerts_topic)), 30, "alerts on the topic")
+    assert sorted(json.loads(r.value)["alert_id"] for r in published) == sorted(a["alert_id"] for a in alerts)
+    body = json.loads(published[0].value)
+    assert body["reason"] and body["detector"] and body["nist_measure"]
+
+    # metrics: valid exposition, no per-user label, a commit happened
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        exposition = response.read().decode()
+    assert "guardstream_pipeline_decisions_total" in exposition
+    assert "user_id" not in exposition and "u-0" not in exposition
+    tool = promtool()
+    if tool is not None:
+        check = subprocess.run([tool, "check", "metrics"], input=exposition, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+    # a clean stop, then the file opens directly
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    direct = subprocess.run(
+        [*GUARDSTREAM, "sql", "SELECT count(*) AS n FROM decisions", "-f", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert direct.returncode == 0, direct.stderr
+    assert json.loads(direct.stdout) == [{"n": total - 30}]
+
+
+def test_a_second_writer_gets_a_clear_error(settings: Settings, worker: tuple[subprocess.Popen[bytes], str]) -> None:
+    second = subprocess.run(
+        [*GUARDSTREAM, "run", "--web-port", str(free_port())],
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 2
+    assert "another process" in second.stderr and "Traceback" not in second.stderr

@@ -1,0 +1,145 @@
+"""The batch path against a real DuckDB file: exactly-once effects from offsets and event_ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from detectors.boundary import HuggingConfig
+from detectors.engine import Engine
+from streams.pipeline import Message, Pipeline
+from streams.produce import bad_events
+from streams.simulator import SimConfig, simulate
+from streams.store import QueryRefused, Store, open_read_only, run_read_only
+
+pytestmark = pytest.mark.integration
+TOPIC = "guardrail.decisions"
+
+
+def messages(events: list[dict], partitions: int = 2, start: int = 0) -> list[Message]:
+    offsets = dict.fromkeys(range(partitions), start)
+    out = []
+    for event in events:
+        partition = sum(event["user_id"].encode()) % partitions
+        out.append(Message(partition, offsets[partition], event["user_id"].encode(), orjson.dumps(event), 0))
+        offsets[partition] += 1
+    return out
+
+
+def pipeline(db: Path) -> Pipeline:
+    p = Pipeline(Store(db), Engine(HuggingConfig(min_population=200)), topic=TOPIC)
+    p.assign({0, 1})
+    return p
+
+
+def process(p: Pipeline, msgs: list[Message], batch: int = 700) -> None:
+    for i in range(0, len(msgs), batch):
+        p.commit(p.prepare(msgs[i : i + batch]))
+
+
+def snapshot(db: Path) -> dict[str, object]:
+    conn = open_read_only(db)
+    try:
+        return {
+            "decisions": conn.execute("SELECT count(*), count(DISTINCT event_id) FROM decisions").fetchall(),
+            "daily": conn.execute(
+                "SELECT tenant, user_id, category, day, decisions, blocks, hugs, round(score_sum, 9) "
+                "FROM user_category_daily ORDER BY ALL"
+            ).fetchall(),
+            "alerts": conn.execute(
+                "SELECT alert_id, detector, user_id, category, severity, score, reason FROM alerts ORDER BY alert_id"
+            ).fetchall(),
+            "dead_letters": conn.execute("SELECT count(*) FROM dead_letters").fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[Message]:
+    sim = simulate(SimConfig(users=150, days=2, seed=3))
+    msgs = messages(sim.events)
+    # broken events spread through the stream
+    broken = bad_events(40, seed=3)
+    extra = [Message(0, 10_000_000 + i, k, v, 0) for i, (k, v) in enumerate(broken)]
+    return msgs + extra
+
+
+def test_every_decision_is_stored_once_and_bad_input_is_dead_lettered(tmp_path: Path, stream: list[Message]) -> None:
+    p = pipeline(tmp_path / "a.duckdb")
+    process(p, stream)
+    p.store.close()
+    snap = snapshot(tmp_path / "a.duckdb")
+    valid = len(stream) - 40
+    assert snap["decisions"] == [(valid, valid)]
+    assert snap["dead_letters"] == [(40,)]
+    assert snap["alerts"], "the simulated boundary huggers should raise alerts"
+
+
+def test_replaying_the_same_messages_changes_nothing(tmp_path: Path, stream: list[Message]) -> None:
+    db = tmp_path / "b.duckdb"
+    p = pipeline(db)
+    process(p, stream)
+    p.store.close()
+    before = snapshot(db)
+    p = pipeline(db)  # a restart reads the stored offsets ...
+    process(p, stream)  # ... and a full replay from offset 0 is a no-op
+    p.store.close()
+    assert snapshot(db) == before
+
+
+def test_duplicate_event_ids_at_new_offsets_count_once(tmp_path: Path, stream: list[Message]) -> None:
+    db = tmp_path / "c.duckdb"
+    p = pipeline(db)
+    process(p, stream)
+    p.store.close()
+    before = snapshot(db)
+    p = pipeline(db)
+    copies = [Message(m.partition, m.offset + 20_000_000, m.key, m.value, 0) for m in stream[:500]]
+    prepared = p.prepare(copies)
+    outcome = p.commit(prepared)
+    p.store.close()
+    assert len(prepared.accepted) == 500
+    assert outcome.duplicates == 500 and outcome.new == []
+    assert snapshot(db) == before
+
+
+def test_a_restart_mid_stream_gives_the_same_result_as_one_run(tmp_path: Path, stream: list[Message]) -> None:
+    one = tmp_path / "one.duckdb"
+    p = pipeline(one)
+    process(p, stream)
+    p.store.close()
+
+    two = tmp_path / "two.duckdb"
+    for cut in (len(stream) // 3, 2 * len(stream) // 3, len(stream)):
+        p = pipeline(two)  # a fresh process each time: state and offsets come from the store
+        process(p, stream[:cut], batch=333)
+        p.store.close()
+    assert snapshot(two) == snapshot(one)
+
+
+def test_the_query_path_is_read_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "q.duckdb")
+    assert run_read_only(store.conn, "SELECT count(*) AS n FROM decisions").to_pylist() == [{"n": 0}]
+    for sql in (
+        "INSERT INTO alerts VALUES (1)",
+        "DROP TABLE decisions",
+        "DELETE FROM decisions",
+        "ATTACH 'x.db'",
+        "COPY decisions TO 'x.csv'",
+        "SELECT 1; DROP TABLE decisions",
+    ):
+        with pytest.raises(QueryRefused):
+            run_read_only(store.conn, sql)
+    assert store.conn.execute("SELECT count(*) FROM decisions").fetchone() == (0,)
+    store.close()
+
+
+def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
+    Store(tmp_path / "m.duckdb").close()
+    store = Store(tmp_path / "m.duckdb")
+    rows = store.conn.execute("SELECT version, name FROM schema_migrations").fetchall()
+    store.close()
+    assert rows == [(1, "001_init")]

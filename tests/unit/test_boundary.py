@@ -1,0 +1,139 @@
+"""Boundary hugging: the detector's behaviour on hand-built streams (pure, no I/O)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from detectors.boundary import BoundaryHugging, HuggingConfig, category_outcomes, hugging_index
+from detectors.engine import Engine, decode_user, encode_user
+from detectors.events import Decision, Guardrail
+
+START = datetime(2026, 11, 1, tzinfo=UTC)
+GUARD = Guardrail("llama-guard-3", "8b")
+
+
+def decision(n: int, user: str, s2: float, *, minutes: int | None = None, tenant: str = "acme") -> Decision:
+    ts = START + timedelta(minutes=n if minutes is None else minutes)
+    return Decision(
+        event_id=f"e{n}",
+        ts=ts,
+        user_id=user,
+        stage="input",
+        guardrail=GUARD,
+        tenant=tenant,
+        scores={"S1": 0.01, "S2": s2},
+        thresholds={"S1": 0.5, "S2": 0.5},
+        decision="allow" if s2 < 0.5 else "block",
+    )
+
+
+def background(rng: random.Random, n: int, users: int = 200) -> list[Decision]:
+    """Benign population: S2 hugs (0.4 < score < 0.5) about 2% of the time."""
+    out = []
+    for i in range(n):
+        s2 = rng.uniform(0.41, 0.49) if rng.random() < 0.02 else rng.random() * 0.2
+        out.append(decision(i, f"b{rng.randrange(users)}", s2))
+    return out
+
+
+def run(engine: Engine, events: list[Decision]) -> list[tuple[str, str, str | None]]:
+    findings = []
+    for e in events:
+        for f in engine.process(0, e, int(e.ts.timestamp() * 1000)):
+            findings.append((f.user_id, f.detector, f.category))
+    return findings
+
+
+def test_outcomes_follow_the_schema_vocabulary() -> None:
+    e = decision(0, "u", 0.45)
+    by_cat = {c: (hug, blk) for c, _s, hug, blk in category_outcomes(e, 0.2)}
+    assert by_cat["S2"] == (True, False)  # margin 0.05 <= 0.2 * 0.5
+    assert by_cat["S1"] == (False, False)
+    assert {c: (h, b) for c, _s, h, b in category_outcomes(decision(1, "u", 0.5), 0.2)}["S2"] == (False, True)
+    assert {c: (h, b) for c, _s, h, b in category_outcomes(decision(2, "u", 0.39), 0.2)}["S2"] == (False, False)
+
+
+def test_a_boundary_hugger_is_flagged_with_a_readable_reason() -> None:
+    rng = random.Random(1)
+    events = background(rng, 3000)
+    for i in range(40):  # every 30 minutes, just under the S2 threshold
+        events.append(decision(10_000 + i, "attacker", 0.46, minutes=30 * i + 7))
+    events.sort(key=lambda e: e.ts)
+    engine = Engine()
+    findings = []
+    for e in events:
+        findings += engine.process(0, e, int(e.ts.timestamp() * 1000))
+    mine = [f for f in findings if f.user_id == "attacker"]
+    assert mine and mine[0].detector == "boundary_hugging" and mine[0].category == "S2"
+    assert "S2 decisions landed within 20% under the 0.50 threshold" in mine[0].reason
+    assert "population share" in mine[0].reason
+    assert all(f.user_id == "attacker" for f in findings), "benign background users must not be flagged"
+
+
+def test_each_alert_is_raised_once_per_user_detector_and_category() -> None:
+    engine = Engine(HuggingConfig(min_population=10))
+    events = background(random.Random(2), 500) + [
+        decision(1000 + i, "attacker", 0.47, minutes=600 + i) for i in range(200)
+    ]
+    found = run(engine, events)
+    assert found.count(("attacker", "boundary_hugging", "S2")) == 1
+
+
+def test_evidence_weighting_three_events_cannot_outrank_three_thousand() -> None:
+    cfg = HuggingConfig()
+    engine = BoundaryHugging(cfg)
+    population: dict = {}
+    small: dict = {}
+    big: dict = {}
+    for i in range(3):
+        engine.update(small, population, decision(i, "small", 0.45), i)
+    for i in range(3000):
+        engine.update(big, population, decision(i, "big", 0.45 if i % 2 else 0.1), i)
+    p0 = 0.02
+    assert hugging_index(big["S2"], p0, cfg) > hugging_index(small["S2"], p0, cfg)
+
+
+def test_no_verdict_during_warm_up() -> None:
+    engine = Engine(HuggingConfig(min_population=10_000))
+    found = run(engine, [decision(i, "attacker", 0.46) for i in range(100)])
+    assert found == []
+
+
+def test_a_slow_burner_is_caught_by_the_trend_even_when_sparse() -> None:
+    rng = random.Random(3)
+    events = background(rng, 20_000, users=400)
+    # one hugging decision per ~8 hours among the user's own benign traffic, for 7 days
+    for i in range(21):
+        events.append(decision(50_000 + i, "slow", 0.45, minutes=480 * i + 3))
+        for j in range(4):
+            events.append(decision(60_000 + 4 * i + j, "slow", rng.random() * 0.1, minutes=480 * i + 60 + 30 * j))
+    events.sort(key=lambda e: e.ts)
+    found = run(Engine(), events)
+    assert any(u == "slow" for u, _d, _c in found)
+    assert all(u == "slow" for u, _d, _c in found)
+
+
+def test_state_round_trips_and_replaying_from_a_snapshot_gives_the_same_answer() -> None:
+    rng = random.Random(4)
+    events = background(rng, 2000) + [decision(5000 + i, "attacker", 0.46, minutes=2000 + 5 * i) for i in range(30)]
+    events.sort(key=lambda e: e.ts)
+    straight = run(Engine(), events)
+
+    first, second = events[:1000], events[1000:]
+    engine = Engine()
+    found = run(engine, first)
+    dirty = engine.take_dirty()
+    restored = Engine()
+    restored.load_partition(0, dirty.populations[0][1], [(t, u, blob) for _p, t, u, blob in dirty.users])
+    found += run(restored, second)
+    assert found == straight
+
+
+def test_user_state_is_small() -> None:
+    engine = Engine()
+    run(engine, [decision(i, "u", 0.3) for i in range(100)])
+    state = engine.partitions[0].users[("acme", "u")]
+    blob = encode_user(state)
+    assert decode_user(blob) == state
+    assert len(blob) < 200  # two categories: a compact array each
