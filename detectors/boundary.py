@@ -33,7 +33,17 @@ class HuggingConfig(msgspec.Struct, frozen=True, kw_only=True):
     critical_index: float = 10.0
     """... and call it critical from this level on."""
     min_hugs: int = 6
-    """... and the user has at least this many hugging decisions in the category."""
+    """... and the user has at least this many hugging decisions in the category ..."""
+    min_concentration: float = 0.5
+    """... and their near-threshold mass is piled up against the threshold: of their decisions scored in
+    ``[threshold*(1-3*band), threshold)``, the share in the top third (the hugging band), shrunk towards
+    1/3 (what a flat score density gives). A legitimate user of a sensitive topic has a score density
+    that falls off towards the threshold (share below 1/3); somebody tuning prompts to pass has one
+    that rises into it."""
+    concentration_prior: float = 6.0
+    """Pseudo-decisions at a share of 1/3 that the concentration is shrunk towards."""
+    slow_burn_index: float = 3.0
+    """The slow-burn path needs a smaller index (the CUSUM supplies the persistence evidence)."""
     min_population: int = 500
     """Warm-up: no verdicts in a tenant/category until the population has this many decisions."""
     population_floor: float = 0.002
@@ -57,6 +67,7 @@ class CategoryStats(msgspec.Struct, array_like=True):
     ewma_decisions: float = 0.0
     ewma_hugs: float = 0.0
     cusum: float = 0.0
+    near: int = 0  # allowed, with score in [threshold*(1-3*band), threshold*(1-band)): just below the band
     first_ts: int = 0
     last_ts: int = 0
     first_hug_ts: int = 0
@@ -73,6 +84,10 @@ SLOW_BURN_ALERTED = 2
 
 
 CategoryOutcome = tuple[str, float, bool, bool]  # category, score, hugging, blocked
+
+# Stages whose decisions apply a block threshold a user could be tuning against. A judge's second
+# opinion repeats the scores of the output it judged, so counting it would count that output twice.
+THRESHOLD_STAGES = frozenset({"input", "output", "tool"})
 
 
 def category_outcomes(event: Decision, band: float) -> list[CategoryOutcome]:
@@ -98,6 +113,12 @@ def hugging_index(stats: CategoryStats, pop_share: float, cfg: HuggingConfig) ->
     return shrunk / pop_share
 
 
+def concentration(stats: CategoryStats, cfg: HuggingConfig) -> float:
+    """Share of the user's near-threshold decisions that sit in the hugging band, shrunk towards 1/3."""
+    k = cfg.concentration_prior
+    return (stats.hugs + k / 3.0) / (stats.hugs + stats.near + k)
+
+
 class BoundaryHugging:
     """Per-user, per-category hugging index and slow-burn CUSUM against the population."""
 
@@ -120,9 +141,13 @@ class BoundaryHugging:
         ``outcomes`` may be passed when the caller already computed them with the same band."""
         cfg = self.cfg
         findings: list[Finding] = []
+        if event.stage not in THRESHOLD_STAGES:
+            return findings
         if outcomes is None:
             outcomes = category_outcomes(event, cfg.band)
-        for category, _score, hugging, blocked in outcomes:
+        thresholds = event.thresholds
+        near_floor = 1.0 - 3.0 * cfg.band
+        for category, score, hugging, blocked in outcomes:
             pop = population.get(category)
             if pop is None:
                 pop = population[category] = PopulationStats()
@@ -132,6 +157,8 @@ class BoundaryHugging:
             if stats is None:
                 stats = user[category] = CategoryStats(first_ts=ts_ms, last_ts=ts_ms)
             self._fold(stats, hugging, blocked, ts_ms)
+            if not hugging and not blocked and score >= near_floor * thresholds[category]:
+                stats.near += 1
             if pop.decisions < cfg.min_population:
                 continue  # warm-up: the population share is not yet worth comparing against
             p0 = population_share(pop, cfg)
@@ -160,14 +187,14 @@ class BoundaryHugging:
 
     def _decide(self, event: Decision, category: str, stats: CategoryStats, p0: float, ts_ms: int) -> Finding | None:
         cfg = self.cfg
-        if stats.hugs < cfg.min_hugs:
+        if stats.hugs < cfg.min_hugs or concentration(stats, cfg) < cfg.min_concentration:
             return None
         index = hugging_index(stats, p0, cfg)
         if not stats.alerted & INDEX_ALERTED and index >= cfg.index_level:
             stats.alerted |= INDEX_ALERTED
             severity = "critical" if index >= cfg.critical_index else "warning"
             return self._finding(self.name, severity, index, event, category, stats, p0, ts_ms)
-        if not stats.alerted & SLOW_BURN_ALERTED and stats.cusum >= cfg.cusum_level:
+        if not stats.alerted & SLOW_BURN_ALERTED and stats.cusum >= cfg.cusum_level and index >= cfg.slow_burn_index:
             stats.alerted |= SLOW_BURN_ALERTED
             return self._finding(self.slow_burn_name, "warning", stats.cusum, event, category, stats, p0, ts_ms)
         return None
@@ -192,6 +219,7 @@ class BoundaryHugging:
             f"{stats.hugs} of {stats.decisions} {category} decisions landed within "
             f"{cfg.band:.0%} under the {threshold:.2f} threshold over {days:.1f} days "
             f"({share:.1%}; recent {trend:.1%}); population share {p0:.1%}; "
+            f"{stats.hugs} in the band vs {stats.near} just below it; "
             + (f"index {score:.1f}x" if detector == self.name else f"slow-burn CUSUM {score:.1f}")
         )
         return Finding(
@@ -211,6 +239,8 @@ class BoundaryHugging:
                 "recent_share": round(trend, 6),
                 "population_share": round(p0, 6),
                 "cusum": round(stats.cusum, 4),
+                "near": stats.near,
+                "concentration": round(concentration(stats, cfg), 4),
                 "first_hug_ts_ms": stats.first_hug_ts,
                 "threshold": threshold,
                 "band": cfg.band,

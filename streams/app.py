@@ -254,6 +254,9 @@ def create_app(settings: Settings, service: Service) -> faust.App:
         web_port=settings.web_port,
         web_in_thread=False,
         producer_linger_ms=5,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_rebalance_timeout=settings.rebalance_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
         producer_max_request_size=2 * 1024 * 1024,
         version=1,
     )

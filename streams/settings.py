@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     dlq_topic: str = Field("guardrail.decisions.dlq", description="dead-letter topic for rejected events")
     topic_partitions: int = Field(4, ge=1, description="partitions when guardstream creates the topics")
     consumer_group: str = Field("guardstream", description="consumer group id (the Faust app id)")
+    session_timeout_seconds: float = Field(
+        10.0, gt=0, description="consumer group session timeout: how soon a dead worker's partitions move"
+    )
+    rebalance_timeout_seconds: float = Field(
+        10.0, gt=0, description="how long a rebalance waits for members to rejoin (also the start-up join wait)"
+    )
 
     # Pipeline
     db: Path = Field(Path("guardstream.duckdb"), description="DuckDB file; this process is its one writer")

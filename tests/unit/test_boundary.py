@@ -137,3 +137,35 @@ def test_user_state_is_small() -> None:
     blob = encode_user(state)
     assert decode_user(blob) == state
     assert len(blob) < 200  # two categories: a compact array each
+
+
+def test_a_sensitive_topic_user_with_a_smooth_score_density_is_not_flagged() -> None:
+    """Many elevated-but-safe S2 scores whose density falls off towards the threshold: a researcher, not a
+    prober, even though their share in the hugging band is far above the population's."""
+    rng = random.Random(5)
+    events = background(rng, 3000)
+    for i in range(300):
+        roll = rng.random()
+        s2 = rng.uniform(0.2, 0.4) if roll < 0.7 else rng.uniform(0.4, 0.5) if roll < 0.85 else rng.random() * 0.2
+        events.append(decision(20_000 + i, "researcher", s2, minutes=10 * i + 1))
+    events.sort(key=lambda e: e.ts)
+    assert [u for u, _d, _c in run(Engine(), events) if u == "researcher"] == []
+
+
+def test_judge_decisions_do_not_count_towards_hugging() -> None:
+    engine = Engine(HuggingConfig(min_population=0))
+    judged = [
+        Decision(
+            event_id=f"j{i}",
+            ts=START + timedelta(minutes=i),
+            user_id="u",
+            stage="judge",
+            guardrail=GUARD,
+            scores={"S2": 0.45},
+            thresholds={"S2": 0.5},
+            decision="allow",
+        )
+        for i in range(50)
+    ]
+    assert run(engine, judged) == []
+    assert engine.partitions[0].users[("default", "u")] == {}
