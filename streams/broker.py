@@ -71,6 +71,8 @@ class EmbeddedBroker:
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         if self.port == 0:
             self.port = free_port(self.host)
+        elif _port_open(self.host, self.port):
+            raise BrokerError(f"{self.host}:{self.port} is already in use: is another broker running? (--port)")
         url = f"tcp://{self.host}:{self.port}"
         self.process = subprocess.Popen(
             [

@@ -194,6 +194,8 @@ def test_run_simulate_and_query_while_running(
         exposition = response.read().decode()
     assert "guardstream_pipeline_decisions_total" in exposition
     assert "user_id" not in exposition and "u-0" not in exposition
+    lags = [line for line in exposition.splitlines() if line.startswith("guardstream_consumer_lag_messages{")]
+    assert lags and all(line.endswith(" 0.0") for line in lags), lags
     tool = promtool()
     if tool is not None:
         check = subprocess.run([tool, "check", "metrics"], input=exposition, capture_output=True, text=True)
