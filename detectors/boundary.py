@@ -14,13 +14,22 @@ Pure: state in, findings out. No clock: every time is the event's own (milliseco
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import msgspec
 
+from detectors.base import (
+    DAY_MS,
+    THRESHOLD_STAGES,
+    CategoryOutcome,
+    Observation,
+    category_outcomes,
+    policy_key,
+)
 from detectors.events import Decision
 from detectors.findings import Finding
 
-DAY_MS = 86_400_000
+__all__ = ["BoundaryHugging", "CategoryOutcome", "CategoryStats", "HuggingConfig", "category_outcomes"]
 
 
 class HuggingConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,7 +80,6 @@ class CategoryStats(msgspec.Struct, array_like=True):
     first_ts: int = 0
     last_ts: int = 0
     first_hug_ts: int = 0
-    alerted: int = 0  # bit 1: index alert raised, bit 2: slow-burn alert raised
 
 
 class PopulationStats(msgspec.Struct, array_like=True):
@@ -79,28 +87,15 @@ class PopulationStats(msgspec.Struct, array_like=True):
     hugs: int = 0
 
 
-INDEX_ALERTED = 1
-SLOW_BURN_ALERTED = 2
+class HuggingUser(msgspec.Struct):
+    categories: dict[str, CategoryStats] = msgspec.field(default_factory=dict)
 
 
-CategoryOutcome = tuple[str, float, bool, bool]  # category, score, hugging, blocked
+class HuggingPopulation(msgspec.Struct):
+    """Per category *and policy* (see :func:`detectors.base.policy_key`): a threshold change starts a
+    new baseline (with its own warm-up) instead of making everybody look like a hugger."""
 
-# Stages whose decisions apply a block threshold a user could be tuning against. A judge's second
-# opinion repeats the scores of the output it judged, so counting it would count that output twice.
-THRESHOLD_STAGES = frozenset({"input", "output", "tool"})
-
-
-def category_outcomes(event: Decision, band: float) -> list[CategoryOutcome]:
-    """(category, score, hugging, blocked) for every category that has both a score and a threshold."""
-    thresholds = event.thresholds
-    out: list[CategoryOutcome] = []
-    for category, score in event.scores.items():
-        threshold = thresholds.get(category)
-        if threshold is None:
-            continue
-        margin = threshold - score
-        out.append((category, score, 0.0 < margin <= band * threshold, margin <= 0.0))
-    return out
+    baselines: dict[str, PopulationStats] = msgspec.field(default_factory=dict)
 
 
 def population_share(pop: PopulationStats, cfg: HuggingConfig) -> float:
@@ -122,40 +117,39 @@ def concentration(stats: CategoryStats, cfg: HuggingConfig) -> float:
 class BoundaryHugging:
     """Per-user, per-category hugging index and slow-burn CUSUM against the population."""
 
-    name = "boundary_hugging"
-    slow_burn_name = "boundary_hugging_slow_burn"
+    name: ClassVar[str] = "boundary_hugging"
+    slow_burn_name: ClassVar[str] = "boundary_hugging_slow_burn"
+    emits: ClassVar[tuple[str, ...]] = (name, slow_burn_name)
+    user_state: ClassVar[type[msgspec.Struct]] = HuggingUser
+    population_state: ClassVar[type[msgspec.Struct]] = HuggingPopulation
 
     def __init__(self, cfg: HuggingConfig | None = None) -> None:
         self.cfg = cfg or HuggingConfig()
         self._half_life_ms = self.cfg.half_life_days * DAY_MS
 
-    def update(
-        self,
-        user: dict[str, CategoryStats],
-        population: dict[str, PopulationStats],
-        event: Decision,
-        ts_ms: int,
-        outcomes: list[CategoryOutcome] | None = None,
-    ) -> list[Finding]:
-        """Fold one decision into the user's and the population's counters; return new findings.
-        ``outcomes`` may be passed when the caller already computed them with the same band."""
-        cfg = self.cfg
+    def update(self, user: HuggingUser, population: HuggingPopulation, obs: Observation) -> list[Finding]:
+        """Fold one decision into the user's and the population's counters; return findings while the
+        user is over a level (the alert book turns repeats into updates)."""
+        event, ts_ms = obs.event, obs.ts_ms
         findings: list[Finding] = []
         if event.stage not in THRESHOLD_STAGES:
             return findings
-        if outcomes is None:
-            outcomes = category_outcomes(event, cfg.band)
+        cfg = self.cfg
+        outcomes = obs.outcomes if obs.band == cfg.band else category_outcomes(event, cfg.band)
         thresholds = event.thresholds
         near_floor = 1.0 - 3.0 * cfg.band
+        baselines = population.baselines
+        user_categories = user.categories
         for category, score, hugging, blocked in outcomes:
-            pop = population.get(category)
+            key = category + "|" + policy_key(event, category)
+            pop = baselines.get(key)
             if pop is None:
-                pop = population[category] = PopulationStats()
+                pop = baselines[key] = PopulationStats()
             pop.decisions += 1
             pop.hugs += hugging
-            stats = user.get(category)
+            stats = user_categories.get(category)
             if stats is None:
-                stats = user[category] = CategoryStats(first_ts=ts_ms, last_ts=ts_ms)
+                stats = user_categories[category] = CategoryStats(first_ts=ts_ms, last_ts=ts_ms)
             self._fold(stats, hugging, blocked, ts_ms)
             if not hugging and not blocked and score >= near_floor * thresholds[category]:
                 stats.near += 1
@@ -190,13 +184,12 @@ class BoundaryHugging:
         if stats.hugs < cfg.min_hugs or concentration(stats, cfg) < cfg.min_concentration:
             return None
         index = hugging_index(stats, p0, cfg)
-        if not stats.alerted & INDEX_ALERTED and index >= cfg.index_level:
-            stats.alerted |= INDEX_ALERTED
+        if index >= cfg.index_level:
             severity = "critical" if index >= cfg.critical_index else "warning"
             return self._finding(self.name, severity, index, event, category, stats, p0, ts_ms)
-        if not stats.alerted & SLOW_BURN_ALERTED and stats.cusum >= cfg.cusum_level and index >= cfg.slow_burn_index:
-            stats.alerted |= SLOW_BURN_ALERTED
-            return self._finding(self.slow_burn_name, "warning", stats.cusum, event, category, stats, p0, ts_ms)
+        if stats.cusum >= cfg.cusum_level and index >= cfg.slow_burn_index:
+            severity = "critical" if stats.cusum >= 2 * cfg.cusum_level else "warning"
+            return self._finding(self.slow_burn_name, severity, stats.cusum, event, category, stats, p0, ts_ms)
         return None
 
     def _finding(
@@ -244,5 +237,11 @@ class BoundaryHugging:
                 "first_hug_ts_ms": stats.first_hug_ts,
                 "threshold": threshold,
                 "band": cfg.band,
+            },
+            action={
+                "type": "throttle",
+                "category": category,
+                "second_pass_judge": True,
+                "summary": f"rate-limit this user's {category} requests and send them to a second-pass judge",
             },
         )

@@ -1,53 +1,38 @@
 """Runs every detector over a stream of decoded decisions, keyed the way the stream is partitioned.
 
-State lives per Kafka partition, so that a partition's results depend only on that partition's events
-(the same answer on a replay, a restart or after a rebalance moved it) and so state moves with the
-partition. The engine tracks which keys changed, so the sink writes one state row per changed key per
-batch instead of one per event. Pure: no I/O, no clock.
+State lives per Kafka partition (users, population baselines and the alert book), so a partition's
+results depend only on that partition's events: the same answer on a replay, a restart, after a
+rebalance moved it, or offline in ``guardstream eval``. The engine tracks which keys changed, so the sink
+writes one state row per changed key per batch instead of one per event. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
-from detectors.boundary import BoundaryHugging, CategoryOutcome, CategoryStats, HuggingConfig, PopulationStats
+from detectors.alerts import AlertBook, AlertChange, AlertPolicy, AlertState
+from detectors.base import Detector, Observation, category_outcomes
 from detectors.events import Decision
-from detectors.findings import Finding
 
 UserKey = tuple[str, str]  # (tenant, user_id)
-UserState = dict[str, CategoryStats]  # category -> counters
-Population = dict[str, dict[str, PopulationStats]]  # tenant -> category -> counters
 
-_user_encoder = msgspec.msgpack.Encoder()
-_user_decoder = msgspec.msgpack.Decoder(dict[str, CategoryStats])
-_population_decoder = msgspec.msgpack.Decoder(dict[str, dict[str, PopulationStats]])
-
-
-def encode_user(state: UserState) -> bytes:
-    return _user_encoder.encode(state)
-
-
-def decode_user(blob: bytes) -> UserState:
-    return _user_decoder.decode(blob)
-
-
-def encode_population(population: Population) -> bytes:
-    return _user_encoder.encode(population)
-
-
-def decode_population(blob: bytes) -> Population:
-    return _population_decoder.decode(blob)
+_encoder = msgspec.msgpack.Encoder()
+_raw_map = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+_raw_population = msgspec.msgpack.Decoder(dict[str, dict[str, msgspec.Raw]])
 
 
 @dataclass(slots=True)
 class PartitionState:
-    population: Population = field(default_factory=dict)
-    users: dict[UserKey, UserState] = field(default_factory=dict)
+    book: AlertBook
+    population: dict[str, dict[str, Any]] = field(default_factory=dict)  # tenant -> detector -> state
+    users: dict[UserKey, dict[str, Any]] = field(default_factory=dict)  # user -> detector -> state
     dirty_users: set[UserKey] = field(default_factory=set)
     population_dirty: bool = False
+    watermark_ms: int = 0  # the largest event time seen in this partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,29 +41,72 @@ class DirtyState:
 
     users: list[tuple[int, str, str, bytes]]  # partition, tenant, user_id, encoded state
     populations: list[tuple[int, bytes]]  # partition, encoded population
+    alerts: list[tuple[int, AlertState]]  # partition, current alert state
 
 
 class Engine:
-    def __init__(self, hugging: HuggingConfig | None = None) -> None:
-        self.hugging = BoundaryHugging(hugging)
-        self.band = self.hugging.cfg.band
+    def __init__(
+        self, detectors: Sequence[Detector], *, band: float = 0.2, alert_policy: AlertPolicy | None = None
+    ) -> None:
+        self.detectors = list(detectors)
+        self.band = band
+        self.alert_policy = alert_policy or AlertPolicy()
         self.partitions: dict[int, PartitionState] = {}
+        self._user_decoders = {d.name: msgspec.msgpack.Decoder(d.user_state) for d in self.detectors}
+        self._population_decoders = {d.name: msgspec.msgpack.Decoder(d.population_state) for d in self.detectors}
 
-    def load_partition(self, partition: int, population: bytes | None, users: Iterable[tuple[str, str, bytes]]) -> None:
-        state = PartitionState(population=decode_population(population) if population else {})
+    # -- state in and out ----------------------------------------------------------------------------
+    def encode_user(self, state: dict[str, Any]) -> bytes:
+        return _encoder.encode(state)
+
+    def decode_user(self, blob: bytes) -> dict[str, Any]:
+        raw = _raw_map.decode(blob)
+        return {
+            name: self._user_decoders[name].decode(value) for name, value in raw.items() if name in self._user_decoders
+        }
+
+    def encode_population(self, population: dict[str, dict[str, Any]]) -> bytes:
+        return _encoder.encode(population)
+
+    def decode_population(self, blob: bytes) -> dict[str, dict[str, Any]]:
+        raw = _raw_population.decode(blob)
+        return {
+            tenant: {
+                name: self._population_decoders[name].decode(v)
+                for name, v in per.items()
+                if name in self._population_decoders
+            }
+            for tenant, per in raw.items()
+        }
+
+    def load_partition(
+        self,
+        partition: int,
+        population: bytes | None,
+        users: Iterable[tuple[str, str, bytes]],
+        alerts: Iterable[AlertState] = (),
+        watermark_ms: int = 0,
+    ) -> None:
+        book = AlertBook(self.alert_policy, {a.alert_id: a for a in alerts})
+        state = PartitionState(book=book, watermark_ms=watermark_ms)
+        if population:
+            state.population = self.decode_population(population)
         for tenant, user_id, blob in users:
-            state.users[(tenant, user_id)] = decode_user(blob)
+            state.users[(tenant, user_id)] = self.decode_user(blob)
         self.partitions[partition] = state
 
     def drop_partition(self, partition: int) -> None:
         self.partitions.pop(partition, None)
 
-    def process(
-        self, partition: int, event: Decision, ts_ms: int, outcomes: list[CategoryOutcome] | None = None
-    ) -> list[Finding]:
+    # -- the stream ----------------------------------------------------------------------------------
+    def observe(self, event: Decision, ts_ms: int) -> Observation:
+        return Observation(event, ts_ms, category_outcomes(event, self.band), self.band)
+
+    def process(self, partition: int, obs: Observation) -> list[AlertChange]:
         state = self.partitions.get(partition)
         if state is None:
-            state = self.partitions[partition] = PartitionState()
+            state = self.partitions[partition] = PartitionState(book=AlertBook(self.alert_policy))
+        event = obs.event
         key = (event.tenant, event.user_id)
         user = state.users.get(key)
         if user is None:
@@ -88,19 +116,41 @@ class Engine:
             population = state.population[event.tenant] = {}
         state.dirty_users.add(key)
         state.population_dirty = True
-        return self.hugging.update(user, population, event, ts_ms, outcomes)
+        if obs.ts_ms > state.watermark_ms:
+            state.watermark_ms = obs.ts_ms
+        changes: list[AlertChange] = []
+        for detector in self.detectors:
+            name = detector.name
+            user_part = user.get(name)
+            if user_part is None:
+                user_part = user[name] = detector.user_state()
+            population_part = population.get(name)
+            if population_part is None:
+                population_part = population[name] = detector.population_state()
+            for finding in detector.update(user_part, population_part, obs):
+                changes.extend(state.book.observe(finding))
+        return changes
+
+    def sweep(self) -> list[AlertChange]:
+        """Resolve alerts whose quiet period has passed, by each partition's own event time."""
+        changes: list[AlertChange] = []
+        for state in self.partitions.values():
+            changes.extend(state.book.sweep(state.watermark_ms))
+        return changes
 
     def take_dirty(self) -> DirtyState:
         users: list[tuple[int, str, str, bytes]] = []
         populations: list[tuple[int, bytes]] = []
+        alerts: list[tuple[int, AlertState]] = []
         for partition, state in self.partitions.items():
             for key in state.dirty_users:
-                users.append((partition, key[0], key[1], encode_user(state.users[key])))
+                users.append((partition, key[0], key[1], self.encode_user(state.users[key])))
             state.dirty_users.clear()
             if state.population_dirty:
-                populations.append((partition, encode_population(state.population)))
+                populations.append((partition, self.encode_population(state.population)))
                 state.population_dirty = False
-        return DirtyState(users=users, populations=populations)
+            alerts.extend((partition, alert) for alert in state.book.take_dirty())
+        return DirtyState(users=users, populations=populations, alerts=alerts)
 
     def tracked_users(self) -> int:
         return sum(len(s.users) for s in self.partitions.values())

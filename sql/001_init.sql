@@ -47,19 +47,49 @@ CREATE TABLE user_category_daily (
     PRIMARY KEY (tenant, user_id, category, day)
 );
 
+-- One row per alert: per user, detector and category, with its current lifecycle state.
 CREATE TABLE alerts (
-    alert_id    VARCHAR PRIMARY KEY,   -- deterministic: detector, tenant, user and category
-    ts          TIMESTAMPTZ NOT NULL,  -- event time of the decision that raised it
-    tenant      VARCHAR NOT NULL,
-    user_id     VARCHAR NOT NULL,
-    detector    VARCHAR NOT NULL,
-    category    VARCHAR,
-    severity    VARCHAR NOT NULL,
-    score       DOUBLE NOT NULL,
-    reason      VARCHAR NOT NULL,
-    evidence    JSON,
-    created_at  TIMESTAMPTZ NOT NULL,
-    published   BOOLEAN NOT NULL DEFAULT false  -- outbox flag: set once the alerts topic acknowledged it
+    alert_id         VARCHAR PRIMARY KEY,   -- deterministic: detector, tenant, user and category
+    ts               TIMESTAMPTZ NOT NULL,  -- event time the alert first opened
+    tenant           VARCHAR NOT NULL,
+    user_id          VARCHAR NOT NULL,
+    detector         VARCHAR NOT NULL,
+    category         VARCHAR,
+    status           VARCHAR NOT NULL,      -- open | resolved
+    severity         VARCHAR NOT NULL,      -- warning | critical
+    score            DOUBLE NOT NULL,
+    reason           VARCHAR NOT NULL,      -- the latest evidence, in words
+    evidence         JSON,
+    action           JSON,                  -- what a gateway could do about it
+    first_ts         TIMESTAMPTZ NOT NULL,  -- this episode's first evidence
+    last_ts          TIMESTAMPTZ NOT NULL,  -- latest evidence
+    changed_ts       TIMESTAMPTZ NOT NULL,  -- event time of the last published change
+    updates          INTEGER NOT NULL,
+    episode          INTEGER NOT NULL,      -- 2 once it was resolved and came back, ...
+    published_score  DOUBLE NOT NULL,
+    kafka_partition  INTEGER NOT NULL,
+    updated_at       TIMESTAMPTZ NOT NULL
+);
+
+-- Every lifecycle change (opened, updated, escalated, resolved, reopened), as published on the alerts topic.
+CREATE TABLE alert_changes (
+    change_id    VARCHAR PRIMARY KEY,
+    alert_id     VARCHAR NOT NULL,
+    change       VARCHAR NOT NULL,
+    ts           TIMESTAMPTZ NOT NULL,      -- event time of the change
+    tenant       VARCHAR NOT NULL,
+    user_id      VARCHAR NOT NULL,
+    detector     VARCHAR NOT NULL,
+    category     VARCHAR,
+    status       VARCHAR NOT NULL,
+    severity     VARCHAR NOT NULL,
+    score        DOUBLE NOT NULL,
+    reason       VARCHAR NOT NULL,
+    evidence     JSON,
+    action       JSON,
+    episode      INTEGER NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    published    BOOLEAN NOT NULL DEFAULT false  -- outbox flag: set once the alerts topic acknowledged it
 );
 
 -- Rejected input, by source coordinates. The original bytes go to the dead-letter topic, not here.
@@ -94,5 +124,6 @@ CREATE TABLE detector_state (
 
 CREATE TABLE population_state (
     kafka_partition  INTEGER PRIMARY KEY,
-    state            BLOB NOT NULL
+    state            BLOB NOT NULL,
+    watermark_ms     BIGINT NOT NULL            -- the partition's largest event time so far
 );

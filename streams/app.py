@@ -76,7 +76,7 @@ class Service:
         self.started_at = time.time()
         self.first_batch_at: float | None = None
         self.last_commit_at: float | None = None
-        self.counts = {"messages": 0, "decisions": 0, "duplicates": 0, "dead_letters": 0, "alerts": 0}
+        self.counts = {"messages": 0, "decisions": 0, "duplicates": 0, "dead_letters": 0, "alert_changes": 0}
         self.app: faust.App | None = None
         # DuckDB refuses concurrent calls on one connection: every writer call goes through this one thread.
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardstream-db")
@@ -111,7 +111,7 @@ class Service:
             committed_at = time.time()
             if outcome.dead_letters:
                 await self.publish_dead_letters(outcome.dead_letters)
-            if outcome.findings:
+            if outcome.changes:
                 await self.publish_outbox()
             for event in events:
                 await stream.ack(event)
@@ -126,8 +126,8 @@ class Service:
         m.observe_categories(outcome.category_counts)
         for letter in rejected + outcome.dead_letters:
             m.observe_dead_letter(letter.code)
-        for finding in outcome.findings:
-            m.observe_alert(finding.detector, finding.severity, finding.category)
+        for change in outcome.changes:
+            m.observe_alert_change(change.change, change.alert.detector, change.alert.severity, change.alert.category)
         if outcome.duplicates:
             m.duplicates.inc(outcome.duplicates)
         m.batch_seconds.observe(time.perf_counter() - started)
@@ -143,7 +143,7 @@ class Service:
         c["decisions"] += len(outcome.new)
         c["duplicates"] += outcome.duplicates
         c["dead_letters"] += len(rejected) + len(outcome.dead_letters)
-        c["alerts"] += len(outcome.findings)
+        c["alert_changes"] += len(outcome.changes)
         self.update_lag()
 
     def update_lag(self) -> None:
@@ -183,36 +183,37 @@ class Service:
         await asyncio.gather(*futures)
 
     async def publish_outbox(self) -> None:
-        """Publish every alert not yet acknowledged by the alerts topic, then mark it published."""
+        """Publish every alert change not yet acknowledged by the alerts topic, then mark it published."""
         assert self.app is not None
-        pending = await self.db(self.store.unpublished_alerts)
+        pending = await self.db(self.store.unpublished_changes)
         if not pending:
             return
         mapping = load_mapping()
         producer = self.app.producer
         futures = []
-        for alert in pending:
+        for change in pending:
             body = {
                 "schema": "guardstream.alert/v1",
-                **alert,
-                "ts": alert["ts"].isoformat(),
-                "evidence": orjson.loads(alert["evidence"]) if alert["evidence"] else {},
-                "nist_measure": mapping.signals.get(alert["detector"], []),
-                "ai600_risk": mapping.signal_risk(alert["detector"], alert["category"]),
-                "category_ai600_risk": mapping.risk(alert["category"]),
+                **change,
+                "ts": change["ts"].isoformat(),
+                "evidence": orjson.loads(change["evidence"]) if change["evidence"] else {},
+                "action": orjson.loads(change["action"]) if change["action"] else {},
+                "nist_measure": mapping.signals.get(change["detector"], []),
+                "ai600_risk": mapping.signal_risk(change["detector"], change["category"]),
+                "category_ai600_risk": mapping.risk(change["category"]),
             }
             futures.append(
                 await producer.send(
                     self.settings.alerts_topic,
-                    alert["user_id"].encode(),
+                    change["user_id"].encode(),
                     orjson.dumps(body),
                     partition=None,
                     timestamp=None,
-                    headers=None,
+                    headers=[("guardstream.change", change["change"].encode())],
                 )
             )
         await asyncio.gather(*futures)
-        await self.db(self.store.mark_published, [a["alert_id"] for a in pending])
+        await self.db(self.store.mark_published, [c["change_id"] for c in pending])
 
     def status(self) -> dict[str, Any]:
         partitions = {}

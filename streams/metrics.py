@@ -16,6 +16,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from detectors.events import REJECTION_CODES
+from detectors.registry import DETECTOR_NAMES
 from streams.nist import NistMapping, load_mapping
 
 OTHER = "other"
@@ -23,7 +24,7 @@ STAGES = ("input", "output", "tool", "judge")
 VERDICTS = ("allow", "block", "redact", "escalate")
 OUTCOMES = ("allowed", "hugging", "blocked")
 SEVERITIES = ("warning", "critical")
-DETECTORS = ("boundary_hugging", "boundary_hugging_slow_burn")
+CHANGES = ("opened", "updated", "escalated", "resolved", "reopened")
 CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")  # aiohttp sets the charset itself
 
 
@@ -82,6 +83,12 @@ class Metrics:
             ["detector", "severity", "nist_measure", "ai600_risk"],
             registry=r,
         )
+        self.alert_changes = PromCounter(
+            "guardstream_detector_alert_changes_total",
+            "Alert lifecycle changes published: opened, updated, escalated, resolved, reopened",
+            ["detector", "change"],
+            registry=r,
+        )
         self.dead_letters = PromCounter(
             "guardstream_ingest_dead_letters_total",
             "Messages sent to the dead-letter topic, by reason",
@@ -135,9 +142,11 @@ class Metrics:
         m = self.mapping
         for code in REJECTION_CODES:
             self.dead_letters.labels(code, m.measure("dead_letters"))
-        for detector in DETECTORS:
+        for detector in DETECTOR_NAMES:
             for severity in SEVERITIES:
                 self.alerts.labels(detector, severity, m.measure(detector), m.signal_risk(detector, None))
+            for change in CHANGES:
+                self.alert_changes.labels(detector, change)
 
     def observe_decisions(self, counts: Counter[tuple[str, str, str]]) -> None:
         measure = self.mapping.measure("decisions")
@@ -151,9 +160,11 @@ class Metrics:
             label = self.category(category)
             self.category_decisions.labels(stage, label, outcome, m.measure(signal), m.risk(category)).inc(n)
 
-    def observe_alert(self, detector: str, severity: str, category: str | None) -> None:
+    def observe_alert_change(self, change: str, detector: str, severity: str, category: str | None) -> None:
         m = self.mapping
-        self.alerts.labels(detector, severity, m.measure(detector), m.signal_risk(detector, category)).inc()
+        if change in ("opened", "reopened"):
+            self.alerts.labels(detector, severity, m.measure(detector), m.signal_risk(detector, category)).inc()
+        self.alert_changes.labels(detector, change).inc()
 
     def observe_dead_letter(self, code: str) -> None:
         self.dead_letters.labels(code, self.mapping.measure("dead_letters")).inc()

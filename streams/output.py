@@ -64,6 +64,12 @@ def to_csv(table: pa.Table) -> str:
     return buf.getvalue()
 
 
+def report_console() -> Console:
+    """A console for reports: the terminal's width, or 120 columns when the output is piped or logged."""
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
+
+
 def print_table(table: pa.Table, console: Console | None = None, title: str | None = None) -> None:
     console = console or Console()
     view = Table(title=title, show_lines=False)

@@ -14,13 +14,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
+import msgspec
 import orjson
 import pyarrow as pa
 
-from detectors.boundary import CategoryOutcome, category_outcomes
+from detectors.alerts import AlertChange, AlertState
+from detectors.base import Observation
 from detectors.engine import Engine
 from detectors.events import Decision, Rejection, decode
-from detectors.findings import Finding
 from streams.store import Checkpoint, Store
 
 log = logging.getLogger("guardstream.pipeline")
@@ -50,11 +51,17 @@ class DeadLetter:
 @dataclass(frozen=True, slots=True)
 class Accepted:
     message: Message
-    event: Decision
-    ts_ms: int
+    obs: Observation
     hugging: list[str]
     blocked: list[str]
-    outcomes: list[CategoryOutcome]
+
+    @property
+    def event(self) -> Decision:
+        return self.obs.event
+
+    @property
+    def ts_ms(self) -> int:
+        return self.obs.ts_ms
 
 
 @dataclass(slots=True)
@@ -70,7 +77,7 @@ class Prepared:
 class Outcome:
     new: list[Accepted] = field(default_factory=list)
     duplicates: int = 0
-    findings: list[Finding] = field(default_factory=list)
+    changes: list[AlertChange] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)  # raised while committing (detector errors)
     category_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # stage, category, outcome
     decision_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # stage, guardrail, decision
@@ -91,7 +98,9 @@ class Pipeline:
         """Load the checkpoint of partitions this worker now owns."""
         stored = self.store.offsets(self.topic)
         for partition in sorted(partitions - self.assigned):
-            self.engine.load_partition(partition, self.store.population(partition), self.store.user_states(partition))
+            population, watermark = self.store.population(partition)
+            alerts = [_alert_state(row) for row in self.store.alert_rows(partition)]
+            self.engine.load_partition(partition, population, self.store.user_states(partition), alerts, watermark)
             self.next_offsets[partition] = stored.get(partition, 0)
             self.assigned.add(partition)
             log.info("partition %d assigned: resuming after offset %d", partition, self.next_offsets[partition])
@@ -106,7 +115,6 @@ class Pipeline:
     def prepare(self, messages: list[Message]) -> Prepared:
         out = Prepared()
         seen: set[str] = set()
-        band = self.band
         for msg in messages:
             if msg.partition not in self.assigned:
                 out.not_assigned += 1
@@ -122,11 +130,10 @@ class Pipeline:
             if result.event_id in seen:
                 continue  # a duplicate inside one batch; counted with the stored duplicates below
             seen.add(result.event_id)
-            outcomes = category_outcomes(result, band)
-            hugging = [o[0] for o in outcomes if o[2]]
-            blocked = [o[0] for o in outcomes if o[3]]
-            ts_ms = int(result.ts.timestamp() * 1000)
-            out.accepted.append(Accepted(msg, result, ts_ms, hugging, blocked, outcomes))
+            obs = self.engine.observe(result, int(result.ts.timestamp() * 1000))
+            hugging = [o[0] for o in obs.outcomes if o[2]]
+            blocked = [o[0] for o in obs.outcomes if o[3]]
+            out.accepted.append(Accepted(msg, obs, hugging, blocked))
         return out
 
     def commit(self, prepared: Prepared) -> Outcome:
@@ -145,9 +152,7 @@ class Pipeline:
                 new_ids.discard(event.event_id)  # a second copy in this batch is a duplicate too
                 outcome.new.append(item)
                 try:
-                    outcome.findings.extend(
-                        self.engine.process(item.message.partition, event, item.ts_ms, item.outcomes)
-                    )
+                    outcome.changes.extend(self.engine.process(item.message.partition, item.obs))
                 except Exception as exc:  # a detector bug must not stop the stream, nor hide the event
                     log.exception("detector failed on event %s", event.event_id)
                     outcome.dead_letters.append(
@@ -156,7 +161,7 @@ class Pipeline:
                 day = item.ts_ms // DAY_MS
                 stage = event.stage
                 outcome.decision_counts[(stage, event.guardrail.name, event.decision)] += 1
-                for category, score, hug, blk in item.outcomes:
+                for category, score, hug, blk in item.obs.outcomes:
                     key = (event.tenant, event.user_id, category, day)
                     agg = daily.get(key)
                     if agg is None:
@@ -168,15 +173,18 @@ class Pipeline:
                     outcome.category_counts[
                         (stage, category, "blocked" if blk else "hugging" if hug else "allowed")
                     ] += 1
+            outcome.changes.extend(self.engine.sweep())
             dirty = self.engine.take_dirty()
+            watermarks = {p: s.watermark_ms for p, s in self.engine.partitions.items()}
             store.finish(
                 Checkpoint(
                     topic=self.topic,
                     daily=_daily_table(daily),
-                    alerts=_alerts_table(outcome.findings),
+                    alerts=_alerts_table(dirty.alerts),
+                    alert_changes=_changes_table(outcome.changes),
                     dead_letters=_dead_letters_table(self.topic, prepared.dead_letters + outcome.dead_letters),
                     users=dirty.users,
-                    populations=dirty.populations,
+                    populations=[(p, blob, watermarks.get(p, 0)) for p, blob in dirty.populations],
                     offsets=prepared.offsets,
                 )
             )
@@ -251,24 +259,69 @@ def _daily_table(daily: dict[tuple[str, str, str, int], list[float]]) -> pa.Tabl
     )
 
 
-def _alerts_table(findings: list[Finding]) -> pa.Table | None:
-    if not findings:
+def _alert_state(row: dict[str, object]) -> AlertState:
+    fields = dict(row)
+    for name in ("evidence", "action"):
+        value = fields[name]
+        fields[name] = orjson.loads(value) if isinstance(value, str | bytes) else (value or {})
+    return msgspec.convert(fields, AlertState)
+
+
+def _alerts_table(alerts: list[tuple[int, AlertState]]) -> pa.Table | None:
+    if not alerts:
         return None
     now = datetime.now(UTC)
+    states = [a for _p, a in alerts]
     return pa.table(
         {
-            "alert_id": [f.alert_id for f in findings],
-            "ts": pa.array([f.ts_ms for f in findings], TS_MS),
-            "tenant": [f.tenant for f in findings],
-            "user_id": [f.user_id for f in findings],
-            "detector": [f.detector for f in findings],
-            "category": pa.array([f.category for f in findings], pa.string()),
-            "severity": [f.severity for f in findings],
-            "score": pa.array([f.score for f in findings], pa.float64()),
-            "reason": [f.reason for f in findings],
-            "evidence": [orjson.dumps(f.evidence).decode() for f in findings],
-            "created_at": pa.array([now] * len(findings), pa.timestamp("us", tz="UTC")),
-            "published": [False] * len(findings),
+            "alert_id": [a.alert_id for a in states],
+            "ts": pa.array([a.first_ts_ms for a in states], TS_MS),  # kept from the first insert on conflict
+            "tenant": [a.tenant for a in states],
+            "user_id": [a.user_id for a in states],
+            "detector": [a.detector for a in states],
+            "category": pa.array([a.category for a in states], pa.string()),
+            "status": [a.status for a in states],
+            "severity": [a.severity for a in states],
+            "score": pa.array([a.score for a in states], pa.float64()),
+            "reason": [a.reason for a in states],
+            "evidence": [orjson.dumps(a.evidence).decode() for a in states],
+            "action": [orjson.dumps(a.action).decode() for a in states],
+            "first_ts": pa.array([a.first_ts_ms for a in states], TS_MS),
+            "last_ts": pa.array([a.last_ts_ms for a in states], TS_MS),
+            "changed_ts": pa.array([a.changed_ts_ms for a in states], TS_MS),
+            "updates": pa.array([a.updates for a in states], pa.int32()),
+            "episode": pa.array([a.episode for a in states], pa.int32()),
+            "published_score": pa.array([a.published_score for a in states], pa.float64()),
+            "kafka_partition": pa.array([p for p, _a in alerts], pa.int32()),
+            "updated_at": pa.array([now] * len(states), pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def _changes_table(changes: list[AlertChange]) -> pa.Table | None:
+    if not changes:
+        return None
+    now = datetime.now(UTC)
+    alerts = [c.alert for c in changes]
+    return pa.table(
+        {
+            "change_id": [c.change_id for c in changes],
+            "alert_id": [a.alert_id for a in alerts],
+            "change": [c.change for c in changes],
+            "ts": pa.array([c.ts_ms for c in changes], TS_MS),
+            "tenant": [a.tenant for a in alerts],
+            "user_id": [a.user_id for a in alerts],
+            "detector": [a.detector for a in alerts],
+            "category": pa.array([a.category for a in alerts], pa.string()),
+            "status": [a.status for a in alerts],
+            "severity": [a.severity for a in alerts],
+            "score": pa.array([a.score for a in alerts], pa.float64()),
+            "reason": [a.reason for a in alerts],
+            "evidence": [orjson.dumps(a.evidence).decode() for a in alerts],
+            "action": [orjson.dumps(a.action).decode() for a in alerts],
+            "episode": pa.array([a.episode for a in alerts], pa.int32()),
+            "created_at": pa.array([now] * len(changes), pa.timestamp("us", tz="UTC")),
+            "published": [False] * len(changes),
         }
     )
 

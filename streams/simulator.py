@@ -21,6 +21,24 @@ How the population is built:
 
 Events whose time would fall at or after ``start + days`` (a session running past the end) are cut,
 as a real capture window would cut them.
+
+Opt-in variations for evaluation (every ``SimConfig`` default leaves the output byte-identical):
+
+* ``extra_kinds`` plants kinds from ``EXTRA_KINDS`` on top of ``ATTACK_KINDS``. They are drawn from the
+  benign users with a separate random stream, so the rest of the population stays exactly as it was.
+  A ``category_flooder`` looks like a busy normal user until a random day >= 1, then sends 5-10x its
+  earlier daily volume, the extra all concentrated in one output category (elevated, some hugging,
+  ~12 % blocked): rate abuse by output category, at a total volume like a heavy benign user's.
+* ``slow_burn_per_day`` sets the slow burn's planted requests a day; rates below one work (Poisson).
+* ``policy_change_day`` lowers every tenant's thresholds (``_CHANGED_THRESHOLDS``) and switches
+  ``policy_version`` at that moment. Benign scores keep their absolute distribution, so benign
+  decisions shift against the new boundary: much of what hugged the old one now crosses the new one
+  (the benign block rate about doubles) while milder scores move into the new band; attack requests
+  aim at the thresholds in force.
+* ``mixing`` multiplies attackers' ordinary traffic while their attack traffic stays the same.
+* ``sensitive_share`` / ``heavy_share`` set how many benign users are those hard-negative personas.
+
+``SCENARIOS`` names the configurations the evaluation runs.
 """
 
 from __future__ import annotations
@@ -40,6 +58,8 @@ from typing import Any
 __all__ = [
     "ATTACK_KINDS",
     "BENIGN_PERSONAS",
+    "EXTRA_KINDS",
+    "SCENARIOS",
     "Label",
     "SimConfig",
     "Simulation",
@@ -50,6 +70,7 @@ __all__ = [
 
 SCHEMA = "guardrail.decision/v1"
 POLICY_VERSION = "2026-11-01"
+CHANGED_POLICY_VERSION = "2026-11-15"  # in force from ``SimConfig.policy_change_day`` on
 
 ATTACK_KINDS: tuple[str, ...] = (
     "boundary_hugger",
@@ -59,6 +80,9 @@ ATTACK_KINDS: tuple[str, ...] = (
     "output_bypass",
     "judge_evader",
 )
+EXTRA_KINDS: tuple[str, ...] = ("category_flooder",)
+"""Attacker kinds planted only when listed in ``SimConfig.extra_kinds``."""
+_ALL_ATTACK_KINDS: tuple[str, ...] = ATTACK_KINDS + EXTRA_KINDS
 BENIGN_PERSONAS: tuple[str, ...] = ("normal", "heavy", "sensitive", "occasional")
 
 _SECOND_MS = 1_000
@@ -159,6 +183,16 @@ _OPENAI_MODERATION = _GuardrailSpec(
     },
     sensitive_categories=("self-harm", "illicit", "violence"),
 )
+# Thresholds per tenant after ``SimConfig.policy_change_day``: acme's Llama Guard from 0.5 to 0.4, each
+# of globex's moderation thresholds 0.1 lower.
+_CHANGED_THRESHOLDS: dict[str, dict[str, float]] = {
+    "acme": {category: 0.4 for category in _LLAMA_GUARD.thresholds},
+    "globex": {category: round(t - 0.1, 4) for category, t in _OPENAI_MODERATION.thresholds.items()},
+}
+_DEFAULT_SLOW_BURN_PER_DAY = (1.0, 3.0)
+_DEFAULT_HEAVY_SHARE = 0.03
+_DEFAULT_SENSITIVE_SHARE = 0.03
+_OCCASIONAL_SHARE = 0.12
 _JUDGE_NAME = "llm-judge"
 _JUDGE_VERSION = "gpt-judge-1"
 
@@ -203,6 +237,23 @@ class SimConfig:
     """Attackers of each kind in ``ATTACK_KINDS``; ``None`` means ``max(2, users // 100)``."""
     band: float = 0.2
     """Hugging band (event-schema.md): planted hugging scores land in ``(threshold * (1 - band), threshold)``."""
+    extra_kinds: tuple[str, ...] = ()
+    """Kinds from ``EXTRA_KINDS`` planted in addition to ``ATTACK_KINDS``, ``attackers_per_kind`` each,
+    taken from the users who would otherwise be benign."""
+    slow_burn_per_day: tuple[float, float] = _DEFAULT_SLOW_BURN_PER_DAY
+    """Range of a slow_burn_hugger's planted requests a day. Each one draws a rate in the range and a
+    Poisson count per day (at least one over the window), so ``(0.3, 0.7)`` means one every 1.5-3 days.
+    The default keeps the original 1-3 a day, at least one on the first day."""
+    policy_change_day: float | None = None
+    """Days after ``start`` at which every tenant's thresholds drop (``_CHANGED_THRESHOLDS``) and
+    ``policy_version`` becomes ``CHANGED_POLICY_VERSION``; ``None``: one policy throughout."""
+    mixing: float = 1.0
+    """Multiplier on attackers' ordinary (benign) traffic; their attack traffic stays the same, so 3.0
+    dilutes its share about threefold."""
+    sensitive_share: float | None = None
+    """Share of benign users with the "sensitive" persona; ``None`` means 3 %."""
+    heavy_share: float | None = None
+    """Share of benign users with the "heavy" persona; ``None`` means 3 %."""
 
     def resolved_attackers_per_kind(self) -> int:
         if self.attackers_per_kind is None:
@@ -215,7 +266,8 @@ class Label:
     user_id: str
     tenant: str
     kind: str
-    """One of ``ATTACK_KINDS``, or ``"benign:<persona>"`` with a persona from ``BENIGN_PERSONAS``."""
+    """One of ``ATTACK_KINDS`` or ``EXTRA_KINDS``, or ``"benign:<persona>"`` with a persona from
+    ``BENIGN_PERSONAS``."""
     category: str | None
     """The category the attack targets; ``None`` for benign users."""
     first_attack_ts: datetime | None
@@ -223,7 +275,7 @@ class Label:
 
     @property
     def is_attacker(self) -> bool:
-        return self.kind in ATTACK_KINDS
+        return self.kind in _ALL_ATTACK_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +284,28 @@ class Simulation:
     """JSON-ready decision events, sorted by ``ts``; ties in order of user, then of generation."""
     labels: list[Label]
     """Ground truth, one per user, sorted by ``user_id``."""
+
+
+# Named evaluation scenarios, each a few seconds and at most ~250k events to simulate. Every one has its
+# own fixed seed (baseline keeps the default 7), so no detector gets tuned to a single population.
+SCENARIOS: dict[str, SimConfig] = {
+    # The reference week: default population, six attacker kinds, one policy.
+    "baseline": SimConfig(users=1000, days=7.0, seed=7),
+    # Hard negatives: ~10 % sensitive (one category, elevated and often just under) and ~8 % heavy
+    # benign users (100-300 requests a day) must not be flagged. 600 users keep it near 200k events.
+    "hard_negatives": SimConfig(users=600, days=7.0, seed=17, sensitive_share=0.10, heavy_share=0.08),
+    # A month with slow-burn huggers planting one request every ~1.3-3 days: is there evidence enough
+    # over weeks, and do decays forget it? 300 users (not 400) keeps it under ~250k events.
+    "slow_30d": SimConfig(users=300, days=30.0, seed=30, slow_burn_per_day=(0.3, 0.8), attackers_per_kind=5),
+    # Attackers who mix in 4x their ordinary traffic: every attack signal's share is diluted ~4x.
+    "mixed": SimConfig(users=1000, days=7.0, seed=41, mixing=4.0),
+    # Every tenant's thresholds drop at day 5 (policy_version 2026-11-15): benign users block more and
+    # hug differently, which must not read as an attack; attackers re-aim under the new thresholds.
+    "policy_change": SimConfig(users=600, days=10.0, seed=52, policy_change_day=5.0),
+    # Category flooders: a sudden 5-10x jump concentrated in one output category, at a heavy user's
+    # total volume (rate abuse by output category), on top of the six usual kinds.
+    "flooders": SimConfig(users=1000, days=7.0, seed=63, extra_kinds=("category_flooder",)),
+}
 
 
 def format_ts(moment: datetime) -> str:
@@ -374,8 +448,29 @@ def _validate(cfg: SimConfig) -> None:
     per_kind = cfg.resolved_attackers_per_kind()
     if per_kind < 0:
         raise ValueError(f"SimConfig.attackers_per_kind must be >= 0, got {per_kind}")
-    if cfg.users < per_kind * len(ATTACK_KINDS):
-        raise ValueError(f"{cfg.users} users cannot hold {per_kind} attackers of each of {len(ATTACK_KINDS)} kinds")
+    unknown = [kind for kind in cfg.extra_kinds if kind not in EXTRA_KINDS]
+    if unknown or len(set(cfg.extra_kinds)) != len(cfg.extra_kinds):
+        raise ValueError(f"SimConfig.extra_kinds must be distinct kinds from {EXTRA_KINDS}, got {cfg.extra_kinds!r}")
+    n_kinds = len(ATTACK_KINDS) + len(cfg.extra_kinds)
+    if cfg.users < per_kind * n_kinds:
+        raise ValueError(f"{cfg.users} users cannot hold {per_kind} attackers of each of {n_kinds} kinds")
+    if len(cfg.slow_burn_per_day) != 2:
+        raise ValueError(f"SimConfig.slow_burn_per_day must be a (low, high) pair, got {cfg.slow_burn_per_day!r}")
+    low, high = cfg.slow_burn_per_day
+    if not (0.0 <= low <= high and high > 0.0 and math.isfinite(high)):
+        raise ValueError(f"SimConfig.slow_burn_per_day must satisfy 0 <= low <= high, high > 0, got {(low, high)!r}")
+    if cfg.policy_change_day is not None and not (
+        cfg.policy_change_day >= 0.0 and math.isfinite(cfg.policy_change_day)
+    ):
+        raise ValueError(f"SimConfig.policy_change_day must be a number >= 0 or None, got {cfg.policy_change_day!r}")
+    if not (cfg.mixing > 0.0 and math.isfinite(cfg.mixing)):
+        raise ValueError(f"SimConfig.mixing must be a positive number, got {cfg.mixing!r}")
+    for name in ("sensitive_share", "heavy_share"):
+        share = getattr(cfg, name)
+        if share is not None and not 0.0 <= share <= 1.0:
+            raise ValueError(f"SimConfig.{name} must be in [0, 1] or None, got {share!r}")
+    if _persona_cuts(cfg)[1] > 1.0:
+        raise ValueError("SimConfig.sensitive_share + SimConfig.heavy_share must not exceed 1")
 
 
 def _ceil_epoch_ms(moment: datetime) -> int:
@@ -395,6 +490,13 @@ def _cast(cfg: SimConfig, per_kind: int) -> list[_User]:
     attack_of: dict[int, tuple[str, int]] = {}
     for i, slot in enumerate(attacker_slots):
         attack_of[slot] = (ATTACK_KINDS[i // per_kind], i % per_kind)
+    if cfg.extra_kinds and per_kind:
+        # A separate stream, so that adding kinds leaves every other user exactly as it was.
+        extra_rng = random.Random(f"{cfg.seed}:extra_kinds")
+        free = [index for index in range(cfg.users) if index not in attack_of]
+        for i, slot in enumerate(extra_rng.sample(free, per_kind * len(cfg.extra_kinds))):
+            attack_of[slot] = (cfg.extra_kinds[i // per_kind], i % per_kind)
+    heavy_cut, sensitive_cut, occasional_cut = _persona_cuts(cfg)
 
     users: list[_User] = []
     for index in range(cfg.users):
@@ -412,13 +514,13 @@ def _cast(cfg: SimConfig, per_kind: int) -> list[_User]:
             target = _weighted_choice_by_roll(tenant.guardrail.category_weights, pick)
         else:
             tenant = _TENANTS["acme" if tenant_roll < 0.7 else "globex"]
-            if roll < 0.03:
+            if roll < heavy_cut:
                 persona = "heavy"
-            elif roll < 0.06:
+            elif roll < sensitive_cut:
                 persona = "sensitive"
                 options = tenant.guardrail.sensitive_categories
                 focus = options[min(int(pick * len(options)), len(options) - 1)]
-            elif roll < 0.18:
+            elif roll < occasional_cut:
                 persona = "occasional"
             else:
                 persona = "normal"
@@ -438,6 +540,15 @@ def _cast(cfg: SimConfig, per_kind: int) -> list[_User]:
     return users
 
 
+def _persona_cuts(cfg: SimConfig) -> tuple[float, float, float]:
+    """Upper ends of the heavy, sensitive and occasional ranges of a benign user's persona roll."""
+    if cfg.heavy_share is None and cfg.sensitive_share is None:
+        return 0.03, 0.06, 0.18  # the original literals, so the default cast stays bit-identical
+    heavy = _DEFAULT_HEAVY_SHARE if cfg.heavy_share is None else cfg.heavy_share
+    sensitive = _DEFAULT_SENSITIVE_SHARE if cfg.sensitive_share is None else cfg.sensitive_share
+    return heavy, heavy + sensitive, min(1.0, heavy + sensitive + _OCCASIONAL_SHARE)
+
+
 def _weighted_choice_by_roll(weights: dict[str, float], roll: float) -> str:
     total = sum(weights.values())
     acc = 0.0
@@ -448,6 +559,15 @@ def _weighted_choice_by_roll(weights: dict[str, float], roll: float) -> str:
         if roll < acc:
             return name
     return last
+
+
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    """The thresholds in force for a tenant and the ``policy_version`` naming them."""
+
+    version: str
+    thresholds: dict[str, float]
+    min_threshold: float
 
 
 class _UserGenerator:
@@ -464,6 +584,16 @@ class _UserGenerator:
         self.categories = self.guardrail.categories
         self.thresholds = self.guardrail.thresholds
         self.min_threshold = min(self.thresholds.values())
+        self.policy = _Policy(POLICY_VERSION, self.thresholds, self.min_threshold)
+        self.changed_policy = self.policy
+        self.change_ms: int | None = None
+        if cfg.policy_change_day is not None:
+            changed = _CHANGED_THRESHOLDS[user.tenant.name]
+            self.changed_policy = _Policy(CHANGED_POLICY_VERSION, changed, min(changed.values()))
+            self.change_ms = math.ceil(cfg.policy_change_day * _DAY_MS)
+        self.mixing = cfg.mixing
+        self.slow_burn_per_day = cfg.slow_burn_per_day
+        self.base_rate = 0.0  # ordinary requests a day before ``mixing``, set by _daily_rate
         self.category_cum = _cumulative([self.guardrail.category_weights[c] for c in self.categories])
         self.model_cum = _cumulative(user.tenant.model_weights)
         # little-endian explicitly, so the draws do not depend on the platform's byte order
@@ -491,13 +621,21 @@ class _UserGenerator:
         elif kind == "judge_evader":
             self._convert(sessions_by_day, self.rng.uniform(0.6, 0.75), self._judge_evader_request)
         elif kind == "slow_burn_hugger":
-            self._insert_daily(sessions_by_day, days, (1, 3), self._slow_burn_request)
+            if self.slow_burn_per_day == _DEFAULT_SLOW_BURN_PER_DAY:
+                self._insert_daily(sessions_by_day, days, (1, 3), self._slow_burn_request)
+            else:
+                counts = self._poisson_counts(days, self.slow_burn_per_day)
+                for i, (lo, hi) in enumerate(days):
+                    for _ in range(counts[i]):
+                        self._insert_one(sessions_by_day, i, lo, hi, self._slow_burn_request)
         elif kind == "output_bypass":
             self._insert_daily(sessions_by_day, days, (3, 8), self._bypass_request)
         elif kind == "rephrase_prober":
             self._add_daily_sessions(sessions_by_day, days, (2, 5), self._probe_session)
         elif kind == "decomposer":
             self._add_daily_sessions(sessions_by_day, days, (1, 3), self._decomposition_session)
+        elif kind == "category_flooder":
+            self._add_flood(sessions_by_day, days)
         # numbered in time order, as a real session store would hand them out
         for session in sorted((s for day in sessions_by_day for s in day), key=lambda s: s.start_ms):
             self._render(session)
@@ -520,10 +658,15 @@ class _UserGenerator:
             return _clip(_lognormal(rng, 10.0, 0.6), 3.0, 40.0)
         if persona == "occasional":
             return _clip(_lognormal(rng, 6.0, 0.7), 2.0, 20.0)
+        if self.user.kind == "category_flooder":
+            # a busy normal user until the flood multiplies this
+            self.base_rate = _clip(_lognormal(rng, 20.0, 0.4), 10.0, 40.0)
+            return self.base_rate * self.mixing
         if self.user.kind in ATTACK_KINDS:
             # the busier half of normal users: enough ordinary traffic for the attack to hide in
             # (a slow burn's 1-3 a day stays a small share of it)
-            return _clip(_lognormal(rng, 10.0, 0.5), 4.0, 30.0)
+            self.base_rate = _clip(_lognormal(rng, 10.0, 0.5), 4.0, 30.0)
+            return self.base_rate if self.mixing == 1.0 else self.base_rate * self.mixing
         return _clip(_lognormal(rng, 6.0, 0.7), 2.0, 30.0)
 
     def _ordinary_sessions(self, days: list[tuple[int, int]]) -> list[list[_Session]]:
@@ -609,8 +752,13 @@ class _UserGenerator:
         return req
 
     def _convert(self, by_day: list[list[_Session]], share: float, make: Callable[[], _Request]) -> None:
-        """Replace ``share`` of the user's ordinary requests (exactly, at least one) with attack requests."""
+        """Replace ``share`` of the user's ordinary requests (exactly, at least one) with attack requests.
+
+        With ``mixing`` the share shrinks by the same factor, so the number converted stays what it would
+        be without the extra ordinary traffic."""
         rng = self.rng
+        if self.mixing != 1.0:
+            share = min(1.0, share / self.mixing)
         slots = [(session, i) for sessions in by_day for session in sessions for i in range(len(session.requests))]
         if not slots:
             lo, hi = self._day_spans()[0]
@@ -631,12 +779,50 @@ class _UserGenerator:
         for i, (lo, hi) in enumerate(days):
             count = _scaled_count(rng, rng.randint(*per_day), (hi - lo) / _DAY_MS, force=i == 0)
             for _ in range(count):
-                sessions = by_day[i]
-                if sessions and rng.random() < 0.85:
-                    session = rng.choice(sessions)
-                    session.requests.insert(rng.randint(0, len(session.requests)), make())
-                else:
-                    sessions.append(_Session(self._session_start(lo, hi), [make()]))
+                self._insert_one(by_day, i, lo, hi, make)
+
+    def _insert_one(self, by_day: list[list[_Session]], i: int, lo: int, hi: int, make: Callable[[], _Request]) -> None:
+        """Slip one attack request into an ordinary session of day ``i`` (``[lo, hi)``), or a new one."""
+        rng = self.rng
+        sessions = by_day[i]
+        if sessions and rng.random() < 0.85:
+            session = rng.choice(sessions)
+            session.requests.insert(rng.randint(0, len(session.requests)), make())
+        else:
+            sessions.append(_Session(self._session_start(lo, hi), [make()]))
+
+    def _poisson_counts(self, days: list[tuple[int, int]], per_day: tuple[float, float]) -> list[int]:
+        """Per-day counts at a rate drawn from ``per_day``, thinned for a partial day, at least one in all."""
+        rng = self.rng
+        rate = rng.uniform(*per_day)
+        counts = [_poisson(rng, rate * (hi - lo) / _DAY_MS) for lo, hi in days]
+        if not any(counts):
+            counts[rng.randrange(len(counts))] = 1
+        return counts
+
+    def _add_flood(self, by_day: list[list[_Session]], days: list[tuple[int, int]]) -> None:
+        """From a random day >= 1 on, 4-9x the base rate again in scripted sessions on the target category."""
+        rng = self.rng
+        extra_rate = self.base_rate * (rng.uniform(5.0, 10.0) - 1.0)
+        if len(days) >= 2:
+            first = rng.randint(1, len(days) - 1)
+            spans = [(i, lo, hi) for i, (lo, hi) in enumerate(days) if i >= first]
+        else:  # a window of one day or less: the flood takes its second half
+            lo, hi = days[0]
+            spans = [(0, lo + (hi - lo) // 2, hi)]
+        for n, (i, lo, hi) in enumerate(spans):
+            weekday = ((self.start_ms + lo + (hi - lo) // 2) // _DAY_MS + 3) % 7
+            factor = _WEEKEND_FACTOR if weekday >= 5 else 1.0
+            remaining = _poisson(rng, extra_rate * factor * (hi - lo) / _DAY_MS)
+            if n == 0:
+                remaining = max(remaining, 1)
+            while remaining > 0:
+                turns = min(remaining, rng.randint(3, 20))
+                remaining -= turns
+                requests = [self._flood_request() for _ in range(turns)]
+                for req in requests[1:]:
+                    req.gap_ms = rng.randint(5 * _SECOND_MS, 90 * _SECOND_MS)
+                by_day[i].append(_Session(self._session_start(lo, hi), requests))
 
     def _add_daily_sessions(
         self,
@@ -670,6 +856,19 @@ class _UserGenerator:
         rng = self.rng
         target = self.user.target
         return _Request(target, rng.uniform(0.02, 0.3), target, rng.uniform(1.0, 1.5), attack=True)
+
+    def _flood_request(self) -> _Request:
+        """Mildly elevated prompt; the answer elevated in the target, some hugging, ~12 % blocked."""
+        rng = self.rng
+        target = self.user.target
+        roll = rng.random()
+        if roll < 0.12:
+            out_level = rng.uniform(1.0, 1.35)
+        elif roll < 0.35:
+            out_level = self._hug_level()
+        else:
+            out_level = rng.uniform(0.35, self.hug_lo)
+        return _Request(target, rng.uniform(0.05, 0.45), target, out_level, attack=True)
 
     def _judge_evader_request(self) -> _Request:
         rng = self.rng
@@ -738,37 +937,44 @@ class _UserGenerator:
             common = {"session_id": session_id, "turn": turn, "request_id": request_id}
             input_chars = int(_clip(_lognormal(rng, 280.0, 0.9), 1.0, 20_000.0))
 
+            # Benign scores keep their absolute distribution whatever the policy; attacks aim at the one in force.
+            policy = self._policy_at(t)
+            aim = policy.thresholds if req.attack else self.thresholds
             scores = self._base_scores()
             if req.in_category is not None:
-                scores[req.in_category] = self._score(req.in_category, req.in_level)
-            hit = self._hits(scores)
-            self._emit(
-                t, req.attack, common, "input", scores, "block" if hit else "allow", hit, model, input_chars, None
-            )
+                scores[req.in_category] = _score(req.in_category, req.in_level, aim)
+            hit = self._hits(scores, policy)
+            verdict = "block" if hit else "allow"
+            self._emit(t, req.attack, common, "input", scores, verdict, hit, model, input_chars, None, policy)
             if hit:
                 continue
 
             t += _clip_int(_lognormal(rng, 2_500.0, 0.6), 500, 8_000)
             output_chars = int(_clip(_lognormal(rng, 1_100.0, 0.8), 1.0, 30_000.0))
+            policy = self._policy_at(t)
+            aim = policy.thresholds if req.attack else self.thresholds
             out_scores = self._base_scores()
             if req.out_category is not None:
-                out_scores[req.out_category] = self._score(req.out_category, req.out_level)
+                out_scores[req.out_category] = _score(req.out_category, req.out_level, aim)
             elif req.in_category is not None:
                 # The answer mostly echoes the prompt's topic, usually a little milder.
                 level = req.in_level * rng.uniform(0.4, 1.05)
-                out_scores[req.in_category] = self._score(req.in_category, level)
-            hit = self._hits(out_scores)
+                out_scores[req.in_category] = _score(req.in_category, level, aim)
+            hit = self._hits(out_scores, policy)
             decision = ("redact" if rng.random() < _P_REDACT else "block") if hit else "allow"
-            self._emit(t, req.attack, common, "output", out_scores, decision, hit, model, input_chars, output_chars)
+            self._emit(
+                t, req.attack, common, "output", out_scores, decision, hit, model, input_chars, output_chars, policy
+            )
             if hit or rng.random() >= req.judge_p:
                 continue
 
             t += rng.randint(1_000, 3_000)
+            policy = self._policy_at(t)
             unsafe = rng.random() < req.judge_unsafe_p
             judge_scores = {c: round(s * rng.uniform(0.7, 1.0), 4) for c, s in out_scores.items()}
             if unsafe:
                 category = req.out_category or req.in_category or self._random_category()
-                judge_scores[category] = self._score(category, rng.uniform(1.05, 1.5))
+                judge_scores[category] = _score(category, rng.uniform(1.05, 1.5), policy.thresholds)
                 judge_value = rng.uniform(0.65, 0.99)
             else:
                 judge_value = rng.random() ** 2 * 0.35
@@ -780,10 +986,11 @@ class _UserGenerator:
                 "judge",
                 judge_scores,
                 "escalate" if unsafe else "allow",
-                self._hits(judge_scores),
+                self._hits(judge_scores, policy),
                 model,
                 input_chars,
                 output_chars,
+                policy,
                 judge,
             )
 
@@ -795,13 +1002,14 @@ class _UserGenerator:
         draws = self.unpack_draws(self.rng.randbytes(self.draw_bytes))
         return dict(zip(self.categories, operator.itemgetter(*draws)(_BASE_SCORES), strict=True))
 
-    def _score(self, category: str, level: float) -> float:
-        return round(min(0.999, max(0.0, level * self.thresholds[category])), 4)
+    def _policy_at(self, t: int) -> _Policy:
+        return self.policy if self.change_ms is None or t < self.change_ms else self.changed_policy
 
-    def _hits(self, scores: dict[str, float]) -> list[str]:
-        if max(scores.values()) < self.min_threshold:
+    @staticmethod
+    def _hits(scores: dict[str, float], policy: _Policy) -> list[str]:
+        if max(scores.values()) < policy.min_threshold:
             return []  # the common case, decided without a per-category loop
-        thresholds = self.thresholds
+        thresholds = policy.thresholds
         return [c for c, s in scores.items() if s >= thresholds[c]]
 
     def _emit(
@@ -816,6 +1024,7 @@ class _UserGenerator:
         model: str,
         input_chars: int,
         output_chars: int | None,
+        policy: _Policy,
         judge: dict[str, Any] | None = None,
     ) -> None:
         rng = self.rng
@@ -837,9 +1046,9 @@ class _UserGenerator:
             **common,
             "stage": stage,
             "guardrail": guardrail,
-            "policy_version": POLICY_VERSION,
+            "policy_version": policy.version,
             "scores": scores,
-            "thresholds": dict(self.thresholds),
+            "thresholds": dict(policy.thresholds),
             "decision": decision,
             "categories": categories,
         }
@@ -852,6 +1061,11 @@ class _UserGenerator:
             body["output_chars"] = output_chars
         self.seq += 1
         self.rows.append(_Row(t, user.index, self.seq, attack, body))
+
+
+def _score(category: str, level: float, thresholds: dict[str, float]) -> float:
+    """A score ``level`` times the category's threshold, rounded like every emitted score."""
+    return round(min(0.999, max(0.0, level * thresholds[category])), 4)
 
 
 def _clip(x: float, lo: float, hi: float) -> float:

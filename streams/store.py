@@ -104,12 +104,12 @@ class Checkpoint:
     """Everything one batch changes, written atomically: data, state and the offsets it covers."""
 
     topic: str
-    decisions: pa.Table | None = None
     daily: pa.Table | None = None
     alerts: pa.Table | None = None
+    alert_changes: pa.Table | None = None
     dead_letters: pa.Table | None = None
     users: list[tuple[int, str, str, bytes]] = field(default_factory=list)
-    populations: list[tuple[int, bytes]] = field(default_factory=list)
+    populations: list[tuple[int, bytes, int]] = field(default_factory=list)  # partition, state, watermark
     offsets: dict[int, int] = field(default_factory=dict)
 
 
@@ -136,9 +136,23 @@ class Store:
         ).fetchall()
         return {int(p): int(o) for p, o in rows}
 
-    def population(self, partition: int) -> bytes | None:
-        row = self.conn.execute("SELECT state FROM population_state WHERE kafka_partition = ?", [partition]).fetchone()
-        return bytes(row[0]) if row else None
+    def population(self, partition: int) -> tuple[bytes | None, int]:
+        """The partition's population baselines and its event-time watermark."""
+        row = self.conn.execute(
+            "SELECT state, watermark_ms FROM population_state WHERE kafka_partition = ?", [partition]
+        ).fetchone()
+        return (bytes(row[0]), int(row[1])) if row else (None, 0)
+
+    def alert_rows(self, partition: int) -> list[dict[str, Any]]:
+        cursor = self.conn.execute(
+            "SELECT alert_id, detector, tenant, user_id, category, status, severity, score, reason, "
+            "evidence, action, epoch_ms(first_ts) AS first_ts_ms, epoch_ms(last_ts) AS last_ts_ms, "
+            "epoch_ms(changed_ts) AS changed_ts_ms, published_score, updates, episode "
+            "FROM alerts WHERE kafka_partition = ?",
+            [partition],
+        )
+        names = [d[0] for d in cursor.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def user_states(self, partition: int) -> Iterable[tuple[str, str, bytes]]:
         cursor = self.conn.execute(
@@ -177,8 +191,16 @@ class Store:
             conn.unregister("daily_batch")
         if cp.alerts is not None and cp.alerts.num_rows:
             conn.register("alerts_batch", cp.alerts)
-            conn.execute("INSERT INTO alerts BY NAME SELECT * FROM alerts_batch ON CONFLICT DO NOTHING")
+            mutable = [n for n in cp.alerts.column_names if n not in ("alert_id", "ts")]
+            conn.execute(
+                "INSERT INTO alerts BY NAME SELECT * FROM alerts_batch ON CONFLICT (alert_id) DO UPDATE SET "
+                + ", ".join(f"{n} = excluded.{n}" for n in mutable)
+            )
             conn.unregister("alerts_batch")
+        if cp.alert_changes is not None and cp.alert_changes.num_rows:
+            conn.register("changes_batch", cp.alert_changes)
+            conn.execute("INSERT INTO alert_changes BY NAME SELECT * FROM changes_batch ON CONFLICT DO NOTHING")
+            conn.unregister("changes_batch")
         if cp.dead_letters is not None and cp.dead_letters.num_rows:
             conn.register("dlq_batch", cp.dead_letters)
             conn.execute("INSERT INTO dead_letters BY NAME SELECT * FROM dlq_batch ON CONFLICT DO NOTHING")
@@ -198,11 +220,11 @@ class Store:
                 "ON CONFLICT (kafka_partition, tenant, user_id) DO UPDATE SET state = excluded.state"
             )
             conn.unregister("state_batch")
-        for partition, blob in cp.populations:
+        for partition, blob, watermark in cp.populations:
             conn.execute(
-                "INSERT INTO population_state VALUES (?, ?) "
-                "ON CONFLICT (kafka_partition) DO UPDATE SET state = excluded.state",
-                [partition, blob],
+                "INSERT INTO population_state VALUES (?, ?, ?) ON CONFLICT (kafka_partition) "
+                "DO UPDATE SET state = excluded.state, watermark_ms = excluded.watermark_ms",
+                [partition, blob, watermark],
             )
         for partition, next_offset in cp.offsets.items():
             conn.execute(
@@ -216,17 +238,17 @@ class Store:
         with contextlib.suppress(duckdb.Error):
             self.conn.execute("ROLLBACK")
 
-    def unpublished_alerts(self) -> list[dict[str, Any]]:
+    def unpublished_changes(self) -> list[dict[str, Any]]:
         cursor = self.conn.execute(
-            "SELECT alert_id, ts, tenant, user_id, detector, category, severity, score, reason, evidence "
-            "FROM alerts WHERE NOT published ORDER BY ts, alert_id"
+            "SELECT change_id, alert_id, change, ts, tenant, user_id, detector, category, status, severity, "
+            "score, reason, evidence, action, episode FROM alert_changes WHERE NOT published ORDER BY ts, change_id"
         )
         names = [d[0] for d in cursor.description or []]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    def mark_published(self, alert_ids: Sequence[str]) -> None:
-        if alert_ids:
-            self.conn.execute("UPDATE alerts SET published = true WHERE alert_id IN ?", [list(alert_ids)])
+    def mark_published(self, change_ids: Sequence[str]) -> None:
+        if change_ids:
+            self.conn.execute("UPDATE alert_changes SET published = true WHERE change_id IN ?", [list(change_ids)])
 
     def query(self, sql: str) -> pa.Table:
         """Safe from any thread while the writer works: a separate cursor sees committed snapshots."""

@@ -12,8 +12,7 @@ from typing import Any
 
 import faust
 
-from detectors.boundary import HuggingConfig
-from detectors.engine import Engine
+from detectors.registry import DetectorConfig, build_engine
 from streams.app import Service, create_app
 from streams.broker import ensure_topics, free_port, pid_alive
 from streams.metrics import Metrics
@@ -44,7 +43,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
     store = Store(settings.db)
     asyncio.run(ensure_topics(settings))
-    engine = Engine(HuggingConfig(band=settings.hugging_band))
+    engine = build_engine(DetectorConfig(band=settings.hugging_band))
     pipeline = Pipeline(store, engine, topic=settings.decisions_topic, pseudonym_key=settings.pseudonym_key_bytes())
     service = Service(settings, store, pipeline, Metrics())
     app = create_app(settings, service)

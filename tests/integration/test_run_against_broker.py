@@ -20,8 +20,11 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from detectors.registry import build_engine
 from streams.broker import client_kwargs, free_port
+from streams.evaluate import run_engine
 from streams.settings import Settings
+from streams.simulator import SimConfig, simulate
 from tests.conftest import promtool
 
 pytestmark = pytest.mark.integration
@@ -180,12 +183,15 @@ def test_run_simulate_and_query_while_running(
     # alerts: on the topic exactly as in the table
     alerts = json.loads(
         subprocess.run(
-            [*GUARDSTREAM, "sql", "SELECT alert_id FROM alerts", "-f", "json"], env=env, capture_output=True, text=True
+            [*GUARDSTREAM, "sql", "SELECT change_id FROM alert_changes", "-f", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
         ).stdout
     )
     assert alerts, "planted boundary huggers should be flagged"
     published = wait_until(lambda: asyncio.run(read_topic(settings, settings.alerts_topic)), 30, "alerts on the topic")
-    assert sorted(json.loads(r.value)["alert_id"] for r in published) == sorted(a["alert_id"] for a in alerts)
+    assert sorted(json.loads(r.value)["change_id"] for r in published) == sorted(a["change_id"] for a in alerts)
     body = json.loads(published[0].value)
     assert body["reason"] and body["detector"] and body["nist_measure"]
 
@@ -200,6 +206,26 @@ def test_run_simulate_and_query_while_running(
     if tool is not None:
         check = subprocess.run([tool, "check", "metrics"], input=exposition, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
+
+    # the stream's alert history equals `guardstream eval`'s offline run of the same events
+    streamed = json.loads(
+        subprocess.run(
+            [
+                *GUARDSTREAM,
+                "sql",
+                "SELECT change_id, change, epoch_ms(ts) AS ts, severity, score FROM alert_changes",
+                "-f",
+                "json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    offline = run_engine(build_engine(), simulate(SimConfig(users=150, days=2, seed=5)).events, partitions=4)
+    assert sorted((c["change_id"], c["change"], c["ts"], c["severity"], c["score"]) for c in streamed) == sorted(
+        (c.change_id, c.change, c.ts_ms, c.alert.severity, c.alert.score) for c in offline
+    )
 
     # a clean stop, then the file opens directly
     proc.send_signal(signal.SIGTERM)

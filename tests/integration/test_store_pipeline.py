@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from detectors.boundary import HuggingConfig
-from detectors.engine import Engine
+from detectors.registry import DetectorConfig, build_engine
 from streams.pipeline import Message, Pipeline
 from streams.produce import bad_events
 from streams.simulator import SimConfig, simulate
@@ -29,7 +29,7 @@ def messages(events: list[dict], partitions: int = 2, start: int = 0) -> list[Me
 
 
 def pipeline(db: Path) -> Pipeline:
-    p = Pipeline(Store(db), Engine(HuggingConfig(min_population=200)), topic=TOPIC)
+    p = Pipeline(Store(db), build_engine(DetectorConfig(hugging=HuggingConfig(min_population=200))), topic=TOPIC)
     p.assign({0, 1})
     return p
 
@@ -49,7 +49,11 @@ def snapshot(db: Path) -> dict[str, object]:
                 "FROM user_category_daily ORDER BY ALL"
             ).fetchall(),
             "alerts": conn.execute(
-                "SELECT alert_id, detector, user_id, category, severity, score, reason FROM alerts ORDER BY alert_id"
+                "SELECT alert_id, detector, user_id, category, status, severity, score, reason, first_ts, last_ts, "
+                "updates, episode FROM alerts ORDER BY alert_id"
+            ).fetchall(),
+            "changes": conn.execute(
+                "SELECT change_id, change, ts, severity, score FROM alert_changes ORDER BY change_id"
             ).fetchall(),
             "dead_letters": conn.execute("SELECT count(*) FROM dead_letters").fetchall(),
         }

@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from detectors.boundary import BoundaryHugging, HuggingConfig, category_outcomes, hugging_index
-from detectors.engine import Engine, decode_user, encode_user
+from detectors.base import Observation, category_outcomes
+from detectors.boundary import BoundaryHugging, HuggingConfig, HuggingPopulation, HuggingUser, hugging_index
+from detectors.engine import Engine
 from detectors.events import Decision, Guardrail
+from detectors.findings import Finding
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 GUARD = Guardrail("llama-guard-3", "8b")
@@ -37,12 +39,28 @@ def background(rng: random.Random, n: int, users: int = 200) -> list[Decision]:
     return out
 
 
-def run(engine: Engine, events: list[Decision]) -> list[tuple[str, str, str | None]]:
-    findings = []
+def hugging_engine(**cfg: object) -> Engine:
+    return Engine([BoundaryHugging(HuggingConfig(**cfg))])  # type: ignore[arg-type]
+
+
+def opened(engine: Engine, events: list[Decision]) -> list[tuple[str, str, str | None]]:
+    """(user, detector, category) of every alert opened, in order."""
+    found = []
     for e in events:
-        for f in engine.process(0, e, int(e.ts.timestamp() * 1000)):
-            findings.append((f.user_id, f.detector, f.category))
-    return findings
+        for change in engine.process(0, engine.observe(e, int(e.ts.timestamp() * 1000))):
+            if change.change in ("opened", "reopened"):
+                found.append((change.alert.user_id, change.alert.detector, change.alert.category))
+    return found
+
+
+def findings(detector: BoundaryHugging, events: list[Decision]) -> list[Finding]:
+    users: dict[str, HuggingUser] = {}
+    population = HuggingPopulation()
+    out = []
+    for e in events:
+        obs = Observation(e, int(e.ts.timestamp() * 1000), category_outcomes(e, detector.cfg.band), detector.cfg.band)
+        out += detector.update(users.setdefault(e.user_id, HuggingUser()), population, obs)
+    return out
 
 
 def test_outcomes_follow_the_schema_vocabulary() -> None:
@@ -60,43 +78,42 @@ def test_a_boundary_hugger_is_flagged_with_a_readable_reason() -> None:
     for i in range(40):  # every 30 minutes, just under the S2 threshold
         events.append(decision(10_000 + i, "attacker", 0.46, minutes=30 * i + 7))
     events.sort(key=lambda e: e.ts)
-    engine = Engine()
-    findings = []
-    for e in events:
-        findings += engine.process(0, e, int(e.ts.timestamp() * 1000))
-    mine = [f for f in findings if f.user_id == "attacker"]
+    found = findings(BoundaryHugging(), events)
+    mine = [f for f in found if f.user_id == "attacker"]
     assert mine and mine[0].detector == "boundary_hugging" and mine[0].category == "S2"
     assert "S2 decisions landed within 20% under the 0.50 threshold" in mine[0].reason
     assert "population share" in mine[0].reason
-    assert all(f.user_id == "attacker" for f in findings), "benign background users must not be flagged"
+    assert mine[0].action["type"] == "throttle" and mine[0].action["category"] == "S2"
+    assert all(f.user_id == "attacker" for f in found), "benign background users must not be flagged"
 
 
-def test_each_alert_is_raised_once_per_user_detector_and_category() -> None:
-    engine = Engine(HuggingConfig(min_population=10))
+def test_each_alert_is_opened_once_per_user_detector_and_category() -> None:
+    engine = hugging_engine(min_population=10)
     events = background(random.Random(2), 500) + [
         decision(1000 + i, "attacker", 0.47, minutes=600 + i) for i in range(200)
     ]
-    found = run(engine, events)
+    found = opened(engine, events)
     assert found.count(("attacker", "boundary_hugging", "S2")) == 1
 
 
 def test_evidence_weighting_three_events_cannot_outrank_three_thousand() -> None:
     cfg = HuggingConfig()
-    engine = BoundaryHugging(cfg)
-    population: dict = {}
-    small: dict = {}
-    big: dict = {}
+    detector = BoundaryHugging(cfg)
+    population = HuggingPopulation()
+    small, big = HuggingUser(), HuggingUser()
     for i in range(3):
-        engine.update(small, population, decision(i, "small", 0.45), i)
+        e = decision(i, "small", 0.45)
+        detector.update(small, population, Observation(e, i, category_outcomes(e, 0.2), 0.2))
     for i in range(3000):
-        engine.update(big, population, decision(i, "big", 0.45 if i % 2 else 0.1), i)
+        e = decision(i, "big", 0.45 if i % 2 else 0.1)
+        detector.update(big, population, Observation(e, i, category_outcomes(e, 0.2), 0.2))
     p0 = 0.02
-    assert hugging_index(big["S2"], p0, cfg) > hugging_index(small["S2"], p0, cfg)
+    assert hugging_index(big.categories["S2"], p0, cfg) > hugging_index(small.categories["S2"], p0, cfg)
 
 
 def test_no_verdict_during_warm_up() -> None:
-    engine = Engine(HuggingConfig(min_population=10_000))
-    found = run(engine, [decision(i, "attacker", 0.46) for i in range(100)])
+    engine = hugging_engine(min_population=10_000)
+    found = opened(engine, [decision(i, "attacker", 0.46) for i in range(100)])
     assert found == []
 
 
@@ -109,7 +126,7 @@ def test_a_slow_burner_is_caught_by_the_trend_even_when_sparse() -> None:
         for j in range(4):
             events.append(decision(60_000 + 4 * i + j, "slow", rng.random() * 0.1, minutes=480 * i + 60 + 30 * j))
     events.sort(key=lambda e: e.ts)
-    found = run(Engine(), events)
+    found = opened(hugging_engine(), events)
     assert any(u == "slow" for u, _d, _c in found)
     assert all(u == "slow" for u, _d, _c in found)
 
@@ -118,24 +135,31 @@ def test_state_round_trips_and_replaying_from_a_snapshot_gives_the_same_answer()
     rng = random.Random(4)
     events = background(rng, 2000) + [decision(5000 + i, "attacker", 0.46, minutes=2000 + 5 * i) for i in range(30)]
     events.sort(key=lambda e: e.ts)
-    straight = run(Engine(), events)
+    straight = opened(hugging_engine(), events)
 
     first, second = events[:1000], events[1000:]
-    engine = Engine()
-    found = run(engine, first)
+    engine = hugging_engine()
+    found = opened(engine, first)
     dirty = engine.take_dirty()
-    restored = Engine()
-    restored.load_partition(0, dirty.populations[0][1], [(t, u, blob) for _p, t, u, blob in dirty.users])
-    found += run(restored, second)
+    restored = hugging_engine()
+    restored.load_partition(
+        0,
+        dirty.populations[0][1],
+        [(t, u, blob) for _p, t, u, blob in dirty.users],
+        [a for _p, a in dirty.alerts],
+        engine.partitions[0].watermark_ms,
+    )
+    found += opened(restored, second)
     assert found == straight
+    assert found, "the planted hugger must be found for this test to mean anything"
 
 
 def test_user_state_is_small() -> None:
-    engine = Engine()
-    run(engine, [decision(i, "u", 0.3) for i in range(100)])
+    engine = hugging_engine()
+    opened(engine, [decision(i, "u", 0.3) for i in range(100)])
     state = engine.partitions[0].users[("acme", "u")]
-    blob = encode_user(state)
-    assert decode_user(blob) == state
+    blob = engine.encode_user(state)
+    assert engine.decode_user(blob) == state
     assert len(blob) < 200  # two categories: a compact array each
 
 
@@ -149,11 +173,11 @@ def test_a_sensitive_topic_user_with_a_smooth_score_density_is_not_flagged() -> 
         s2 = rng.uniform(0.2, 0.4) if roll < 0.7 else rng.uniform(0.4, 0.5) if roll < 0.85 else rng.random() * 0.2
         events.append(decision(20_000 + i, "researcher", s2, minutes=10 * i + 1))
     events.sort(key=lambda e: e.ts)
-    assert [u for u, _d, _c in run(Engine(), events) if u == "researcher"] == []
+    assert [u for u, _d, _c in opened(hugging_engine(), events) if u == "researcher"] == []
 
 
 def test_judge_decisions_do_not_count_towards_hugging() -> None:
-    engine = Engine(HuggingConfig(min_population=0))
+    engine = hugging_engine(min_population=0)
     judged = [
         Decision(
             event_id=f"j{i}",
@@ -167,5 +191,5 @@ def test_judge_decisions_do_not_count_towards_hugging() -> None:
         )
         for i in range(50)
     ]
-    assert run(engine, judged) == []
-    assert engine.partitions[0].users[("default", "u")] == {}
+    assert opened(engine, judged) == []
+    assert engine.partitions[0].users[("default", "u")]["boundary_hugging"] == HuggingUser()

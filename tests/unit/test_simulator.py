@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 from collections import Counter, defaultdict
@@ -10,12 +12,16 @@ from typing import Any
 
 import pytest
 
+from detectors.events import Rejection, decode
 from streams.simulator import (
     ATTACK_KINDS,
     BENIGN_PERSONAS,
+    EXTRA_KINDS,
+    SCENARIOS,
     Label,
     SimConfig,
     Simulation,
+    format_ts,
     labels_to_rows,
     simulate,
 )
@@ -340,3 +346,257 @@ def test_invalid_configs_are_refused() -> None:
         simulate(SimConfig(users=10, attackers_per_kind=2))
     with pytest.raises(ValueError, match="band"):
         simulate(SimConfig(users=50, band=0.0))
+
+
+# ---- opt-in variations ---------------------------------------------------------------------------
+
+# sha256 of json.dumps(...) of SimConfig(users=200, days=2) output, computed before the opt-in options
+# existed: every new option's default must leave the output byte-identical.
+DEFAULT_EVENTS_SHA256 = "7fa33c564221d4234ea5c57ceb269c85b44c71e020d9efe321d68476694a3c1f"
+DEFAULT_LABELS_SHA256 = "6d3f99bdee043d6020a7bcd5c6bdbdc575e7ce5fb90a3c0dd12904e9390f31ba"
+FLOOD = SimConfig(users=200, days=4.0, seed=5, attackers_per_kind=2, extra_kinds=("category_flooder",))
+
+
+def sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
+
+
+def events_by_user(sim: Simulation) -> dict[str, list[dict[str, Any]]]:
+    mine: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in sim.events:
+        mine[event["user_id"]].append(event)
+    return mine
+
+
+def test_default_options_leave_the_output_unchanged() -> None:
+    cfg = SimConfig(users=200, days=2)
+    explicit = SimConfig(
+        users=200,
+        days=2,
+        extra_kinds=(),
+        slow_burn_per_day=(1.0, 3.0),
+        policy_change_day=None,
+        mixing=1.0,
+        sensitive_share=None,
+        heavy_share=None,
+    )
+    assert explicit == cfg
+    result = simulate(cfg)
+    assert sha256_json(result.events) == DEFAULT_EVENTS_SHA256
+    assert sha256_json(labels_to_rows(result.labels)) == DEFAULT_LABELS_SHA256
+
+
+@pytest.fixture(scope="module")
+def flood() -> Simulation:
+    return simulate(FLOOD)
+
+
+def test_extra_kinds_are_planted_without_touching_anyone_else(flood: Simulation) -> None:
+    assert EXTRA_KINDS == ("category_flooder",)
+    kinds = Counter(label.kind for label in flood.labels)
+    for kind in (*ATTACK_KINDS, "category_flooder"):
+        assert kinds[kind] == 2, kind
+    flooders = [label for label in flood.labels if label.kind == "category_flooder"]
+    assert all(label.is_attacker and label.category and label.first_attack_ts for label in flooders)
+    assert {label.tenant for label in flooders} == {"acme", "globex"}
+    assert labels_to_rows([flooders[0]])[0]["attacker"] is True
+
+    plain = simulate(dataclasses.replace(FLOOD, extra_kinds=()))
+    plain_labels = {label.user_id: label for label in plain.labels}
+    plain_events = events_by_user(plain)
+    flood_events = events_by_user(flood)
+    converted = 0
+    for label in flood.labels:
+        if label.kind == "category_flooder":
+            assert plain_labels[label.user_id].kind.startswith("benign:")
+            converted += 1
+            continue
+        assert plain_labels[label.user_id] == label
+        # same events apart from the global sequence number in event_id
+        strip = [{**e, "event_id": ""} for e in flood_events[label.user_id]]
+        assert strip == [{**e, "event_id": ""} for e in plain_events[label.user_id]]
+    assert converted == 2
+
+
+def test_category_flooders_jump_in_volume_and_blocks_in_their_category(flood: Simulation) -> None:
+    mine = events_by_user(flood)
+    labels = {label.user_id: label for label in flood.labels}
+    benign_outputs = [e for e in flood.events if e["stage"] == "output" and not labels[e["user_id"]].is_attacker]
+    population_block = sum(e["decision"] != "allow" for e in benign_outputs) / len(benign_outputs)
+    assert population_block < 0.02
+    heavy_daily = [len(events) / FLOOD.days for user, events in mine.items() if labels[user].kind == "benign:heavy"]
+    for label in labels.values():
+        if label.kind != "category_flooder":
+            continue
+        assert label.first_attack_ts is not None
+        start_day = format_ts(label.first_attack_ts)[:10]
+        first_day = format_ts(FLOOD.start)[:10]
+        assert start_day > first_day  # the flood starts on a day >= 1
+        per_day = Counter(e["ts"][:10] for e in mine[label.user_id])
+        before = [n for day, n in per_day.items() if day < start_day]
+        after = [n for day, n in per_day.items() if day >= start_day]
+        assert sum(after) / len(after) >= 3 * sum(before) / len(before), per_day
+        # at the volume of a heavy benign user, not far beyond it
+        if heavy_daily:
+            assert sum(after) / len(after) < 3 * max(heavy_daily)
+
+        def block_rate(events: list[dict[str, Any]], category: str) -> float:
+            outputs = [e for e in events if e["stage"] == "output"]
+            return sum(category in e["categories"] for e in outputs) / max(1, len(outputs))
+
+        category = label.category
+        assert category is not None
+        early = [e for e in mine[label.user_id] if e["ts"][:10] < start_day]
+        late = [e for e in mine[label.user_id] if e["ts"][:10] >= start_day]
+        assert block_rate(late, category) > 0.05
+        assert block_rate(late, category) > 5 * population_block
+        assert block_rate(late, category) > block_rate(early, category) + 0.04
+        # most of the flood's outputs are elevated in the category, and most of those still allowed
+        late_outputs = [e for e in late if e["stage"] == "output"]
+        elevated = [e for e in late_outputs if e["scores"][category] >= 0.3 * e["thresholds"][category]]
+        assert len(elevated) > 0.6 * len(late_outputs)
+        assert sum(e["decision"] == "allow" for e in elevated) > 0.7 * len(elevated)
+
+
+def planted_slow_burn(sim: Simulation) -> dict[str, int]:
+    """Slow burners' inputs hugging their target, per user: their planted requests (ordinary traffic adds ~0)."""
+    labels = {label.user_id: label for label in sim.labels if label.kind == "slow_burn_hugger"}
+    counts = dict.fromkeys(labels, 0)
+    for e in sim.events:
+        label = labels.get(e["user_id"])
+        if label is not None and e["stage"] == "input" and label.category in hugging(e, SMALL.band):
+            counts[label.user_id] += 1
+    return counts
+
+
+def test_slow_burn_rate_below_one_a_day() -> None:
+    base = SimConfig(users=100, days=7.0, seed=13, attackers_per_kind=4)
+    default = planted_slow_burn(simulate(base))
+    slow_sim = simulate(dataclasses.replace(base, slow_burn_per_day=(0.3, 0.7)))
+    slow = planted_slow_burn(slow_sim)
+    assert sum(default.values()) / (len(default) * base.days) >= 1.0
+    per_day = sum(slow.values()) / (len(slow) * base.days)
+    assert 0.1 <= per_day <= 1.0, slow
+    assert sum(slow.values()) < 0.5 * sum(default.values())
+    # even a quiet one has planted at least one request, so its label has a first attack
+    assert all(label.first_attack_ts is not None for label in slow_sim.labels if label.kind == "slow_burn_hugger")
+
+
+POLICY = SimConfig(users=160, days=3.0, seed=3, attackers_per_kind=2, policy_change_day=1.5)
+
+
+def test_policy_change_switches_thresholds_and_version_for_everyone() -> None:
+    result = simulate(POLICY)
+    change = format_ts(POLICY.start + timedelta(days=1.5))
+    labels = {label.user_id: label for label in result.labels}
+    seen: Counter[tuple[str, str]] = Counter()
+    for e in result.events:
+        after = e["ts"] >= change
+        seen[(e["tenant"], e["policy_version"])] += 1
+        assert e["policy_version"] == ("2026-11-15" if after else "2026-11-01")
+        thresholds = e["thresholds"]
+        if e["tenant"] == "acme":
+            assert set(thresholds.values()) == ({0.4} if after else {0.5})
+        else:
+            old = {"harassment": 0.5, "hate": 0.45, "self-harm": 0.4, "sexual": 0.6, "violence": 0.55, "illicit": 0.7}
+            assert thresholds == ({c: round(t - 0.1, 4) for c, t in old.items()} if after else old)
+        assert sorted(e["categories"]) == sorted(over_threshold(e))
+        if e["stage"] != "judge":
+            assert (e["decision"] == "allow") == (not e["categories"])
+    assert set(seen) == {(t, v) for t in ("acme", "globex") for v in ("2026-11-01", "2026-11-15")}
+
+    # benign score distributions stay put, so the lower thresholds block more benign traffic
+    def benign_block_rate(after: bool) -> float:
+        mine = [
+            e
+            for e in result.events
+            if not labels[e["user_id"]].is_attacker and e["stage"] != "judge" and (e["ts"] >= change) == after
+        ]
+        return sum(1 for e in mine if e["decision"] != "allow") / len(mine)
+
+    assert benign_block_rate(True) > 1.3 * benign_block_rate(False)
+    # attackers re-aim: boundary huggers still hug the new boundary
+    for label in labels.values():
+        if label.kind == "boundary_hugger":
+            late = [e for e in result.events if e["user_id"] == label.user_id and e["ts"] >= change]
+            assert sum(label.category in hugging(e, POLICY.band) for e in late) >= 0.1 * len(late), label
+
+
+def test_mixing_dilutes_the_attack_share() -> None:
+    def elevated_share_by_kind(mixing: float) -> tuple[float, dict[str, float]]:
+        """Share of each attacker kind's events elevated in its target: a proxy for its attack share."""
+        result = simulate(SimConfig(users=200, days=3.0, seed=11, mixing=mixing))
+        labels = {label.user_id: label for label in result.labels}
+        total: Counter[str] = Counter()
+        elevated: Counter[str] = Counter()
+        for e in result.events:
+            label = labels[e["user_id"]]
+            if label.is_attacker and label.category is not None:
+                total[label.kind] += 1
+                elevated[label.kind] += e["scores"][label.category] >= 0.2 * e["thresholds"][label.category]
+        return sum(elevated.values()) / sum(total.values()), {k: elevated[k] / total[k] for k in total}
+
+    plain, plain_kinds = elevated_share_by_kind(1.0)
+    mixed, mixed_kinds = elevated_share_by_kind(4.0)
+    assert mixed < 0.5 * plain
+    for kind in ATTACK_KINDS:
+        assert mixed_kinds[kind] < 0.75 * plain_kinds[kind], kind
+
+
+def test_persona_shares_can_be_raised() -> None:
+    cfg = SimConfig(users=2000, days=0.05, seed=9, sensitive_share=0.10, heavy_share=0.08)
+    kinds = Counter(label.kind for label in simulate(cfg).labels)
+    benign = sum(n for kind, n in kinds.items() if kind.startswith("benign:"))
+    assert 0.08 <= kinds["benign:sensitive"] / benign <= 0.12
+    assert 0.06 <= kinds["benign:heavy"] / benign <= 0.10
+    default = Counter(
+        label.kind for label in simulate(dataclasses.replace(cfg, sensitive_share=None, heavy_share=None)).labels
+    )
+    assert default["benign:sensitive"] < 0.05 * benign and default["benign:heavy"] < 0.05 * benign
+
+
+def test_new_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="extra_kinds"):
+        simulate(SimConfig(users=50, extra_kinds=("nope",)))
+    with pytest.raises(ValueError, match="attackers"):
+        simulate(SimConfig(users=13, attackers_per_kind=2, extra_kinds=("category_flooder",)))
+    with pytest.raises(ValueError, match="slow_burn_per_day"):
+        simulate(SimConfig(users=50, slow_burn_per_day=(2.0, 1.0)))
+    with pytest.raises(ValueError, match="policy_change_day"):
+        simulate(SimConfig(users=50, policy_change_day=float("nan")))
+    with pytest.raises(ValueError, match="mixing"):
+        simulate(SimConfig(users=50, mixing=0.0))
+    with pytest.raises(ValueError, match="heavy_share"):
+        simulate(SimConfig(users=50, heavy_share=1.5))
+    with pytest.raises(ValueError, match="exceed"):
+        simulate(SimConfig(users=50, heavy_share=0.6, sensitive_share=0.6))
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenarios_generate_decodable_events(name: str) -> None:
+    cfg = SCENARIOS[name]
+    assert cfg.days * cfg.users <= 10_000  # all of them stay a few seconds / ~250k events at full size
+    # the full population takes seconds; a scaled-down one with every option intact keeps this quick
+    kinds = len(ATTACK_KINDS) + len(cfg.extra_kinds)
+    small = dataclasses.replace(cfg, users=max(cfg.users // 10, kinds * cfg.resolved_attackers_per_kind() + 20))
+    if cfg.attackers_per_kind is None:
+        small = dataclasses.replace(small, attackers_per_kind=2)
+    result = simulate(small)
+    assert result.events
+    for event in result.events[::41] + result.events[-1:]:
+        decoded = decode(json.dumps(event).encode())
+        assert not isinstance(decoded, Rejection), (decoded, event)
+    assert {label.kind for label in result.labels if label.is_attacker} == {*ATTACK_KINDS, *cfg.extra_kinds}
+    if cfg.policy_change_day is not None:
+        assert {e["policy_version"] for e in result.events} == {"2026-11-01", "2026-11-15"}
+
+
+def test_scenarios_are_the_documented_ones() -> None:
+    assert set(SCENARIOS) == {"baseline", "hard_negatives", "slow_30d", "mixed", "policy_change", "flooders"}
+    assert dataclasses.replace(SCENARIOS["baseline"], seed=SimConfig().seed) == SimConfig(users=1000, days=7.0)
+    assert SCENARIOS["slow_30d"].days == 30.0 and SCENARIOS["slow_30d"].slow_burn_per_day == (0.3, 0.8)
+    assert SCENARIOS["mixed"].mixing == 4.0
+    assert SCENARIOS["policy_change"].policy_change_day == 5.0
+    assert SCENARIOS["flooders"].extra_kinds == ("category_flooder",)
+    assert SCENARIOS["hard_negatives"].sensitive_share == 0.10 and SCENARIOS["hard_negatives"].heavy_share == 0.08
+    assert len({cfg.seed for cfg in SCENARIOS.values()}) == len(SCENARIOS)

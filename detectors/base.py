@@ -1,0 +1,71 @@
+"""The detector contract: what every detector in ``detectors/`` looks like to the engine.
+
+A detector is a small object with typed, serializable state per user (and per tenant for population
+baselines). ``update`` folds one decision into that state and returns findings: plain data saying the
+user looks like an attacker of some kind, with a score, a reason a person can act on and a suggested
+action. Deciding what becomes an alert, and when it is updated, escalated or resolved, is the
+:class:`detectors.alerts.AlertBook`'s job, not the detector's. No I/O, no clock, no global randomness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import msgspec
+
+from detectors.events import Decision
+from detectors.findings import Finding
+
+CategoryOutcome = tuple[str, float, bool, bool]  # category, score, hugging, blocked
+
+# Stages whose decisions apply a block threshold a user could be tuning against. A judge's second
+# opinion repeats the scores of the output it judged, so counting it there would count that output twice.
+THRESHOLD_STAGES = frozenset({"input", "output", "tool"})
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+MINUTE_MS = 60_000
+
+
+def category_outcomes(event: Decision, band: float) -> list[CategoryOutcome]:
+    """(category, score, hugging, blocked) for every category that has both a score and a threshold.
+
+    Vocabulary of ``event-schema.md``: margin = threshold - score; a decision hugs a category when
+    ``0 < margin <= band * threshold``; it is blocked there when ``margin <= 0``."""
+    thresholds = event.thresholds
+    out: list[CategoryOutcome] = []
+    for category, score in event.scores.items():
+        threshold = thresholds.get(category)
+        if threshold is None:
+            continue
+        margin = threshold - score
+        out.append((category, score, 0.0 < margin <= band * threshold, margin <= 0.0))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One decoded decision as every detector sees it (outcomes computed once, with the engine's band)."""
+
+    event: Decision
+    ts_ms: int
+    outcomes: list[CategoryOutcome]
+    band: float
+
+
+class Detector(Protocol):
+    """``name`` keys the detector's state; ``emits`` lists the detector names its findings carry."""
+
+    name: ClassVar[str]
+    emits: ClassVar[tuple[str, ...]]
+    user_state: ClassVar[type[msgspec.Struct]]
+    population_state: ClassVar[type[msgspec.Struct]]
+
+    def update(self, user: Any, population: Any, obs: Observation) -> list[Finding]: ...
+
+
+def policy_key(event: Decision, category: str) -> str:
+    """Baselines are kept per policy: a new ``policy_version`` or a moved threshold starts a new one,
+    so a policy change is not read as every user suddenly behaving differently."""
+    threshold = event.thresholds.get(category)
+    return f"{event.policy_version or '-'}|{threshold!r}"

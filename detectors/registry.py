@@ -1,0 +1,29 @@
+"""Every detector guardstream runs, built from one configuration object (defaults documented per field)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from detectors.alerts import AlertPolicy
+from detectors.base import Detector
+from detectors.boundary import BoundaryHugging, HuggingConfig
+from detectors.engine import Engine
+
+
+class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    band: float = 0.2
+    hugging: HuggingConfig = msgspec.field(default_factory=HuggingConfig)
+    alerts: AlertPolicy = msgspec.field(default_factory=AlertPolicy)
+
+
+def build_detectors(cfg: DetectorConfig) -> list[Detector]:
+    hugging = msgspec.structs.replace(cfg.hugging, band=cfg.band)
+    return [BoundaryHugging(hugging)]
+
+
+def build_engine(cfg: DetectorConfig | None = None) -> Engine:
+    cfg = cfg or DetectorConfig()
+    return Engine(build_detectors(cfg), band=cfg.band, alert_policy=cfg.alerts)
+
+
+DETECTOR_NAMES: tuple[str, ...] = tuple(name for d in build_detectors(DetectorConfig()) for name in d.emits)
