@@ -43,6 +43,17 @@ def category_outcomes(event: Decision, band: float) -> list[CategoryOutcome]:
     return out
 
 
+def peak(outcomes: list[CategoryOutcome], thresholds: dict[str, float]) -> tuple[str | None, float]:
+    """The category with the highest score/threshold ratio, and that ratio (first one wins a tie)."""
+    best: str | None = None
+    ratio = 0.0
+    for category, score, _hug, _blk in outcomes:
+        r = score / thresholds[category]
+        if r > ratio:
+            best, ratio = category, r
+    return best, ratio
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """One decoded decision as every detector sees it (outcomes computed once, with the engine's band)."""

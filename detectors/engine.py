@@ -54,6 +54,10 @@ class Engine:
         self.partitions: dict[int, PartitionState] = {}
         self._user_decoders = {d.name: msgspec.msgpack.Decoder(d.user_state) for d in self.detectors}
         self._population_decoders = {d.name: msgspec.msgpack.Decoder(d.population_state) for d in self.detectors}
+        # Detectors that score in batches hand their findings over in sweep(); they must go to the alert
+        # book of the partition the user is in.
+        self._collectors = [d for d in self.detectors if hasattr(d, "collect")]
+        self._user_partition: dict[UserKey, int] = {}
 
     # -- state in and out ----------------------------------------------------------------------------
     def encode_user(self, state: dict[str, Any]) -> bytes:
@@ -116,6 +120,8 @@ class Engine:
             population = state.population[event.tenant] = {}
         state.dirty_users.add(key)
         state.population_dirty = True
+        if self._collectors:
+            self._user_partition[key] = partition
         if obs.ts_ms > state.watermark_ms:
             state.watermark_ms = obs.ts_ms
         changes: list[AlertChange] = []
@@ -132,8 +138,15 @@ class Engine:
         return changes
 
     def sweep(self) -> list[AlertChange]:
-        """Resolve alerts whose quiet period has passed, by each partition's own event time."""
+        """End of a batch: score what batch-scoring detectors collected, then resolve alerts whose quiet
+        period has passed, by each partition's own event time."""
         changes: list[AlertChange] = []
+        for detector in self._collectors:
+            for finding in detector.collect():
+                partition = self._user_partition.get((finding.tenant, finding.user_id))
+                if partition is not None and partition in self.partitions:
+                    changes.extend(self.partitions[partition].book.observe(finding))
+        self._user_partition.clear()
         for state in self.partitions.values():
             changes.extend(state.book.sweep(state.watermark_ms))
         return changes

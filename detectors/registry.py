@@ -8,17 +8,20 @@ from detectors.alerts import AlertPolicy
 from detectors.base import Detector
 from detectors.boundary import BoundaryHugging, HuggingConfig
 from detectors.engine import Engine
+from detectors.multivariate import AnomalyModel, MultivariateAnomaly
 
 
 class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     band: float = 0.2
     hugging: HuggingConfig = msgspec.field(default_factory=HuggingConfig)
     alerts: AlertPolicy = msgspec.field(default_factory=AlertPolicy)
+    anomaly_model: AnomalyModel | None = None
+    """A model from ``guardstream train``; without one the multivariate detector only counts."""
 
 
 def build_detectors(cfg: DetectorConfig) -> list[Detector]:
     hugging = msgspec.structs.replace(cfg.hugging, band=cfg.band)
-    return [BoundaryHugging(hugging)]
+    return [BoundaryHugging(hugging), MultivariateAnomaly(cfg.anomaly_model, band=cfg.band)]
 
 
 def build_engine(cfg: DetectorConfig | None = None) -> Engine:

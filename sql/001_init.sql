@@ -20,6 +20,8 @@ CREATE TABLE decisions (
     thresholds          MAP(VARCHAR, DOUBLE) NOT NULL,
     max_score           DOUBLE,
     min_margin          DOUBLE,                 -- smallest threshold - score over the categories
+    peak_ratio          DOUBLE NOT NULL,        -- highest score / threshold over the categories
+    peak_category       VARCHAR,                -- ... and its category
     hugging_categories  VARCHAR[] NOT NULL,     -- 0 < margin <= band * threshold
     blocked_categories  VARCHAR[] NOT NULL,     -- margin <= 0
     judge_name          VARCHAR,

@@ -79,6 +79,7 @@ def run(
     db: DbPath = None,
     web_port: Annotated[int | None, typer.Option(help="port for /metrics, /status, /query; 0 picks a free one")] = None,
     decisions_topic: Annotated[str | None, typer.Option(help="input topic")] = None,
+    anomaly_model: Annotated[Path | None, typer.Option(help="model file from `guardstream train`")] = None,
     loglevel: Annotated[str, typer.Option(help="log level: debug, info, warning, error")] = "warning",
 ) -> None:
     """Run the pipeline: consume decisions, detect, persist to DuckDB, publish alerts, serve metrics."""
@@ -86,11 +87,17 @@ def run(
     from streams.store import StoreLocked
     from streams.worker import run_worker
 
-    settings = Settings().with_overrides(bootstrap=bootstrap, db=db, web_port=web_port, decisions_topic=decisions_topic)
+    settings = Settings().with_overrides(
+        bootstrap=bootstrap, db=db, web_port=web_port, decisions_topic=decisions_topic, anomaly_model=anomaly_model
+    )
     try:
         run_worker(settings, loglevel=loglevel)
     except (StoreLocked, BrokerError) as exc:
         raise fail(str(exc)) from exc
+    except (ValueError, OSError) as exc:
+        if settings.anomaly_model is not None and str(settings.anomaly_model) in str(exc):
+            raise fail(f"cannot use the anomaly model: {exc}") from exc
+        raise
 
 
 @app.command()
@@ -205,6 +212,40 @@ def demo(
     out.print(
         f"\nthe store is in [bold]{db}[/bold]; try: guardstream sql --db {db} "
         '"SELECT detector, severity, count(*) FROM alerts GROUP BY ALL"'
+    )
+
+
+@app.command()
+def train(
+    db: DbPath = None,
+    out: Annotated[Path, typer.Option(help="where to write the model file")] = Path("models/anomaly.joblib"),
+    contamination: Annotated[float, typer.Option(min=0.0001, max=0.2, help="share of users to flag")] = 0.01,
+    seed: Annotated[int, typer.Option(help="random seed of the IsolationForest")] = 7,
+    min_decisions: Annotated[int, typer.Option(min=1, help="train only on users with this many decisions")] = 25,
+) -> None:
+    """Fit the multivariate anomaly model (IsolationForest) on per-user features from the store."""
+    import polars as pl
+
+    from streams.query import QueryFailed
+    from streams.query import query as run_query
+    from streams.store import StoreLocked
+    from streams.train import counters_sql, fit, frame_counters, save
+
+    settings = Settings().with_overrides(db=db)
+    try:
+        table = run_query(settings.db, counters_sql(settings.hugging_band))
+    except (QueryFailed, StoreLocked, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    counters = frame_counters(pl.from_arrow(table))  # type: ignore[arg-type]
+    try:
+        model = fit(counters, contamination=contamination, seed=seed, min_decisions=min_decisions)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    save(model, out)
+    console.print(
+        f"trained {model.version} on {model.trained_users:,} users (of {len(counters):,}); flag at anomaly score "
+        f"{model.threshold:.4f}, critical at {model.critical_threshold:.4f}; written to {out}\n"
+        f"use it with: guardstream run --anomaly-model {out}   (or GUARDSTREAM_ANOMALY_MODEL)"
     )
 
 

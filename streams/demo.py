@@ -8,6 +8,7 @@ flagged against the planted attackers, then stops everything in order. Ctrl-C st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -25,9 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from detectors.events import pseudonymize
 from streams.broker import EmbeddedBroker, ensure_topics, free_port
+from streams.evaluate import Opened, print_results, score
 from streams.produce import bad_events, produce
 from streams.query import query_service
-from streams.report import compare, print_comparison
 from streams.settings import Settings
 from streams.simulator import SimConfig, labels_to_rows, simulate
 
@@ -152,6 +153,16 @@ def run_demo(
                 url, "SELECT tenant, user_id, detector, category, severity, ts, reason FROM alerts ORDER BY ts"
             )
         )
+        opened = [
+            Opened(r["tenant"], r["user_id"], r["detector"], int(r["ts_ms"]))
+            for r in _rows(
+                query_service(
+                    url,
+                    "SELECT tenant, user_id, detector, epoch_ms(ts) AS ts_ms FROM alert_changes "
+                    "WHERE change IN ('opened', 'reopened')",
+                )
+            )
+        ]
         counts = _rows(
             query_service(
                 url,
@@ -161,12 +172,12 @@ def run_demo(
             )
         )[0]
         key = DEMO_PSEUDONYM_KEY.encode()
-        label_rows = [{**r, "user_id": pseudonymize(r["user_id"], key)} for r in labels_to_rows(sim.labels)]
-        comparison = compare(label_rows, alerts_rows)
-        _print_report(console, alerts_rows, comparison, counts, len(broken), total, seconds)
-        print_comparison(comparison, console)
+        labels = [dataclasses.replace(label, user_id=pseudonymize(label.user_id, key)) for label in sim.labels]
+        result = score(labels, opened, "demo", len(sim.events), seconds)
+        _print_report(console, alerts_rows, counts, len(broken), total, seconds)
+        print_results([result], console, title="Planted attackers vs what the pipeline flagged")
         return DemoResult(
-            comparison=comparison.as_dict(),
+            comparison=result.as_dict(),
             events=len(sim.events),
             bad_events=len(broken),
             dead_letters=int(counts["dead_letters"]),
@@ -229,7 +240,6 @@ def _rows(table: Any) -> list[dict[str, Any]]:
 def _print_report(
     console: Console,
     alerts: list[dict[str, Any]],
-    comparison: Any,
     counts: dict[str, Any],
     broken: int,
     total: int,

@@ -19,7 +19,7 @@ import orjson
 import pyarrow as pa
 
 from detectors.alerts import AlertChange, AlertState
-from detectors.base import Observation
+from detectors.base import Observation, peak
 from detectors.engine import Engine
 from detectors.events import Decision, Rejection, decode
 from streams.store import Checkpoint, Store
@@ -54,6 +54,8 @@ class Accepted:
     obs: Observation
     hugging: list[str]
     blocked: list[str]
+    peak_category: str | None
+    peak_ratio: float
 
     @property
     def event(self) -> Decision:
@@ -133,7 +135,8 @@ class Pipeline:
             obs = self.engine.observe(result, int(result.ts.timestamp() * 1000))
             hugging = [o[0] for o in obs.outcomes if o[2]]
             blocked = [o[0] for o in obs.outcomes if o[3]]
-            out.accepted.append(Accepted(msg, obs, hugging, blocked))
+            peak_category, peak_ratio = peak(obs.outcomes, result.thresholds)
+            out.accepted.append(Accepted(msg, obs, hugging, blocked, peak_category, peak_ratio))
         return out
 
     def commit(self, prepared: Prepared) -> Outcome:
@@ -224,6 +227,8 @@ class Pipeline:
                     ],
                     pa.float64(),
                 ),
+                "peak_ratio": pa.array([a.peak_ratio for a in accepted], pa.float64()),
+                "peak_category": pa.array([a.peak_category for a in accepted], pa.string()),
                 "hugging_categories": pa.array([a.hugging for a in accepted], pa.list_(pa.string())),
                 "blocked_categories": pa.array([a.blocked for a in accepted], pa.list_(pa.string())),
                 "judge_name": pa.array([e.judge.name if e.judge else None for e in events], pa.string()),

@@ -43,7 +43,13 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
     store = Store(settings.db)
     asyncio.run(ensure_topics(settings))
-    engine = build_engine(DetectorConfig(band=settings.hugging_band))
+    model = None
+    if settings.anomaly_model is not None:
+        from streams.train import load
+
+        model = load(settings.anomaly_model)
+        log.warning("multivariate anomaly model %s loaded from %s", model.version, settings.anomaly_model)
+    engine = build_engine(DetectorConfig(band=settings.hugging_band, anomaly_model=model))
     pipeline = Pipeline(store, engine, topic=settings.decisions_topic, pseudonym_key=settings.pseudonym_key_bytes())
     service = Service(settings, store, pipeline, Metrics())
     app = create_app(settings, service)
