@@ -18,6 +18,7 @@ from detectors.registry import DetectorConfig, build_detectors
 from streams.evaluate import kafka_partition
 from streams.simulator import SimConfig, simulate
 
+
 def _with_trained_model() -> list[Detector]:
     """The registry's detectors, with the multivariate one given a small model so it scores too."""
     from streams.evaluate import train_model
