@@ -298,6 +298,22 @@ def schema() -> None:
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
+@app.command()
+def detectors() -> None:
+    """Every detector threshold with its default and meaning; override them in a TOML file named by
+    GUARDSTREAM_DETECTOR_CONFIG (sections as in the first column, e.g. [hugging] index_level = 6.0)."""
+    from rich.table import Table
+
+    from streams.detector_config import describe
+
+    table = Table(title="detector settings (GUARDSTREAM_DETECTOR_CONFIG=path.toml overrides them)")
+    for col in ("setting", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for name, default, meaning in describe():
+        table.add_row(name, default, meaning)
+    Console().print(table)
+
+
 @app.command(name="settings")
 def show_settings() -> None:
     """Show every setting with its current value (secrets hidden) and its environment variable."""

@@ -26,11 +26,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from detectors.events import pseudonymize
 from streams.broker import EmbeddedBroker, ensure_topics, free_port
-from streams.evaluate import Opened, print_results, score
+from streams.evaluate import Opened, print_results, score, train_model
 from streams.produce import bad_events, produce
 from streams.query import query_service
 from streams.settings import Settings
 from streams.simulator import SimConfig, labels_to_rows, simulate
+from streams.train import save
 
 DEMO_PSEUDONYM_KEY = "guardstream-demo-key"  # the demo shows pseudonymization on; real deployments set their own
 
@@ -102,6 +103,14 @@ def run_demo(
     try:
         console.print(f"[bold]embedded broker[/bold] tansu on {broker.bootstrap}")
         asyncio.run(ensure_topics(settings))
+        model_path = db.with_name(db.stem + ".anomaly.joblib")
+        started = time.monotonic()
+        model = train_model(SimConfig(users=users, days=days, seed=seed))
+        save(model, model_path)
+        console.print(
+            f"[bold]anomaly model[/bold] {model.version} trained on {model.trained_users:,} users of a separate "
+            f"simulated period (seed {seed + 1000}) in {time.monotonic() - started:.1f}s: {model_path}"
+        )
         worker = subprocess.Popen(
             [
                 sys.executable,
@@ -114,6 +123,8 @@ def run_demo(
                 str(db),
                 "--web-port",
                 str(web_port),
+                "--anomaly-model",
+                str(model_path),
             ],
             env=env,
         )

@@ -43,6 +43,10 @@ FAMILIES: dict[str, frozenset[str]] = {
 }
 
 
+def _has_family(detector: str) -> bool:
+    return any(detector in detectors for detectors in FAMILIES.values())
+
+
 def kafka_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java client, aiokafka) gives a keyed record."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
@@ -174,7 +178,7 @@ def score(
         per_detector[detector] = {
             "flagged_users": len(users),
             "precision": len(attackers) / len(users) if users else None,
-            "family_precision": len(intended) / len(users) if users else None,
+            "family_precision": len(intended) / len(users) if users and _has_family(detector) else None,
             "benign_flagged": len(users) - len(attackers),
         }
     order = list(FAMILIES)

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(5000, ge=1, description="largest batch handed to the detectors and the sink")
     batch_max_seconds: float = Field(0.5, gt=0, description="longest a partial batch waits before it is processed")
     hugging_band: float = Field(0.2, gt=0, lt=1, description="a decision hugs when 0 < margin <= band*threshold")
+    detector_config: Path | None = Field(
+        None, description="TOML file overriding detector thresholds (see `guardstream detectors`)"
+    )
     anomaly_model: Path | None = Field(
         None, description="model file from `guardstream train`; without one the multivariate detector only counts"
     )

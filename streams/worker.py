@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import msgspec
 
-from detectors.registry import DetectorConfig, build_engine
+from detectors.registry import build_engine
 from streams.app import Service, create_app
 from streams.broker import ensure_topics, free_port, pid_alive
+from streams.detector_config import load_detector_config
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline
 from streams.settings import Settings
@@ -49,7 +51,8 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
 
         model = load(settings.anomaly_model)
         log.warning("multivariate anomaly model %s loaded from %s", model.version, settings.anomaly_model)
-    engine = build_engine(DetectorConfig(band=settings.hugging_band, anomaly_model=model))
+    config = load_detector_config(settings.detector_config, band=settings.hugging_band)
+    engine = build_engine(msgspec.structs.replace(config, anomaly_model=model))
     pipeline = Pipeline(store, engine, topic=settings.decisions_topic, pseudonym_key=settings.pseudonym_key_bytes())
     service = Service(settings, store, pipeline, Metrics())
     app = create_app(settings, service)
