@@ -7,13 +7,24 @@ import msgspec
 from detectors.alerts import AlertPolicy
 from detectors.base import Detector
 from detectors.boundary import BoundaryHugging, HuggingConfig
+from detectors.bypass import BypassConfig, OutputBypass
+from detectors.decomposition import DecompositionConfig, MultiTurnDecomposition
 from detectors.engine import Engine
+from detectors.judge import JudgeConfig, JudgeDisagreement
 from detectors.multivariate import AnomalyModel, MultivariateAnomaly
+from detectors.probing import ProbingConfig, RetryProbing
+from detectors.rates import CategoryRateAnomaly, RateConfig
 
 
 class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     band: float = 0.2
+    """A decision hugs a category when ``0 < threshold - score <= band * threshold`` (all detectors)."""
     hugging: HuggingConfig = msgspec.field(default_factory=HuggingConfig)
+    rates: RateConfig = msgspec.field(default_factory=RateConfig)
+    probing: ProbingConfig = msgspec.field(default_factory=ProbingConfig)
+    bypass: BypassConfig = msgspec.field(default_factory=BypassConfig)
+    decomposition: DecompositionConfig = msgspec.field(default_factory=DecompositionConfig)
+    judge: JudgeConfig = msgspec.field(default_factory=JudgeConfig)
     alerts: AlertPolicy = msgspec.field(default_factory=AlertPolicy)
     anomaly_model: AnomalyModel | None = None
     """A model from ``guardstream train``; without one the multivariate detector only counts."""
@@ -21,7 +32,15 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 def build_detectors(cfg: DetectorConfig) -> list[Detector]:
     hugging = msgspec.structs.replace(cfg.hugging, band=cfg.band)
-    return [BoundaryHugging(hugging), MultivariateAnomaly(cfg.anomaly_model, band=cfg.band)]
+    return [
+        BoundaryHugging(hugging),
+        CategoryRateAnomaly(cfg.rates),
+        RetryProbing(msgspec.structs.replace(cfg.probing, band=cfg.band)),
+        OutputBypass(cfg.bypass),
+        MultiTurnDecomposition(cfg.decomposition),
+        JudgeDisagreement(cfg.judge),
+        MultivariateAnomaly(cfg.anomaly_model, band=cfg.band),
+    ]
 
 
 def build_engine(cfg: DetectorConfig | None = None) -> Engine:
