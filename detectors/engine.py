@@ -165,5 +165,11 @@ class Engine:
             alerts.extend((partition, alert) for alert in state.book.take_dirty())
         return DirtyState(users=users, populations=populations, alerts=alerts)
 
+    def populations(self, detector: str) -> list[Any]:
+        """Every tenant's population state of one detector, across the partitions this engine holds."""
+        return [
+            per[detector] for state in self.partitions.values() for per in state.population.values() if detector in per
+        ]
+
     def tracked_users(self) -> int:
         return sum(len(s.users) for s in self.partitions.values())

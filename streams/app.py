@@ -27,6 +27,7 @@ import faust
 import orjson
 from faust.web import Request, Response, View
 
+from detectors.judge import JudgeDisagreement, disagreement_rates
 from streams import __version__
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.nist import load_mapping
@@ -137,6 +138,7 @@ class Service:
                 m.ingest_latency.observe(max(0.0, committed_at - msg.timestamp_ms / 1000))
         m.last_commit.set(committed_at)
         m.tracked_users.set(self.pipeline.engine.tracked_users())
+        m.observe_judge_rates(judge_rates(self.pipeline.engine))
         self.last_commit_at = committed_at
         c = self.counts
         c["messages"] += len(messages)
@@ -234,6 +236,15 @@ class Service:
             "first_batch_at": self.first_batch_at,
             "last_commit_at": self.last_commit_at,
         }
+
+
+def judge_rates(engine: Any) -> dict[str, tuple[int, int]]:
+    totals: dict[str, tuple[int, int]] = {}
+    for population in engine.populations(JudgeDisagreement.name):
+        for guardrail, (disagreements, judged) in disagreement_rates(population).items():
+            d, j = totals.get(guardrail, (0, 0))
+            totals[guardrail] = (d + disagreements, j + judged)
+    return totals
 
 
 def create_app(settings: Settings, service: Service) -> faust.App:

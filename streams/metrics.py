@@ -130,6 +130,19 @@ class Metrics:
         self.last_commit = Gauge(
             "guardstream_sink_last_commit_timestamp_seconds", "Wall-clock time of the last committed batch", registry=r
         )
+        self.judge_disagreement = Gauge(
+            "guardstream_judge_disagreement_ratio",
+            "Share of judged decisions the LLM judge called unsafe although the guardrail allowed them, per "
+            "guardrail, over the partitions this worker holds (how good the guardrail is as a measurement)",
+            ["guardrail", "nist_measure"],
+            registry=r,
+        )
+        self.judge_judged = Gauge(
+            "guardstream_judge_judged_decisions",
+            "Judged decisions behind guardstream_judge_disagreement_ratio, per guardrail",
+            ["guardrail"],
+            registry=r,
+        )
         self.tracked_users = Gauge(
             "guardstream_detector_tracked_users", "Users with detector state in memory", registry=r
         )
@@ -168,6 +181,14 @@ class Metrics:
 
     def observe_dead_letter(self, code: str) -> None:
         self.dead_letters.labels(code, self.mapping.measure("dead_letters")).inc()
+
+    def observe_judge_rates(self, rates: dict[str, tuple[int, int]]) -> None:
+        measure = self.mapping.measure("judge_disagreement")
+        for guardrail, (disagreements, judged) in rates.items():
+            label = self.guardrail(guardrail)
+            self.judge_judged.labels(label).set(judged)
+            if judged:
+                self.judge_disagreement.labels(label, measure).set(disagreements / judged)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -200,6 +200,7 @@ def test_run_simulate_and_query_while_running(
         exposition = response.read().decode()
     assert "guardstream_pipeline_decisions_total" in exposition
     assert "user_id" not in exposition and "u-0" not in exposition
+    assert "guardstream_judge_disagreement_ratio{" in exposition, "the measurement-quality signal (MEASURE 2.13)"
     lags = [line for line in exposition.splitlines() if line.startswith("guardstream_consumer_lag_messages{")]
     assert lags and all(line.endswith(" 0.0") for line in lags), lags
     tool = promtool()
