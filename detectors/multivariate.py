@@ -4,7 +4,7 @@ scored with an IsolationForest trained in batch (``guardstream train``) on per-u
 The same counters feed training and scoring: the stream keeps them in each user's state, and training
 computes them with SQL over the ``decisions`` table (``streams/train.py``); :func:`features` turns either
 into the vector the model sees, and a test checks that both paths give equal counters. Scoring is batched:
-when a user's decision count reaches a checkpoint (25, 50, 100, 200, ... then every 500), their feature
+when a user's decision count reaches a checkpoint (100, 200, 400, 800, then every 500), their feature
 vector is snapshotted and the engine scores all snapshots of a batch in one call. A snapshot is fixed
 when taken, so results do not depend on where batches end.
 """
@@ -81,11 +81,10 @@ def features(c: ProfileCounters) -> list[float]:
 
 
 def checkpoint(n: int) -> bool:
-    """Decision counts at which a user is scored: 25, 50, 100, 200, 400, 800, then every 500."""
-    if n < 25:
-        return False
+    """Decision counts at which a user is scored: 100, 200, 400, 800, then every 500. Fewer decisions give
+    rates too noisy to call a whole pattern unusual (at 25, one block is 4%)."""
     if n <= 800:
-        return n in (25, 50, 100, 200, 400, 800)
+        return n in (100, 200, 400, 800)
     return n % 500 == 0
 
 

@@ -57,7 +57,7 @@ class ProbingConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_gap_minutes: float = 10.0
     """A rephrasing or the final pass must come within this much event time of the chain's last block;
     the simulator's probers retry 10-120 s apart, ordinary follow-up turns are minutes apart."""
-    min_chains: int = 3
+    min_chains: int = 4
     """Alert only once the user has at least this many chains in the category ..."""
     index_level: float = 5.0
     """... and their shrunk chain rate is this many times the population's ..."""

@@ -219,9 +219,9 @@ def demo(
 def train(
     db: DbPath = None,
     out: Annotated[Path, typer.Option(help="where to write the model file")] = Path("models/anomaly.joblib"),
-    contamination: Annotated[float, typer.Option(min=0.0001, max=0.2, help="share of users to flag")] = 0.01,
+    contamination: Annotated[float, typer.Option(min=0.0001, max=0.2, help="share of users to flag")] = 0.002,
     seed: Annotated[int, typer.Option(help="random seed of the IsolationForest")] = 7,
-    min_decisions: Annotated[int, typer.Option(min=1, help="train only on users with this many decisions")] = 25,
+    min_decisions: Annotated[int, typer.Option(min=1, help="train only on users with this many decisions")] = 100,
 ) -> None:
     """Fit the multivariate anomaly model (IsolationForest) on per-user features from the store."""
     import polars as pl

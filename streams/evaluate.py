@@ -194,7 +194,7 @@ def score(
     )
 
 
-def train_model(sim_config: SimConfig, partitions: int = 4, band: float = 0.2) -> AnomalyModel:
+def train_model(sim_config: SimConfig, partitions: int = 4, band: float = 0.2, **fit_options: Any) -> AnomalyModel:
     """Fit the multivariate model on a separate simulation (same scenario, another seed): the counters come
     from the detector's own state, which a test checks equal the SQL that ``guardstream train`` runs."""
     training = simulate(dataclasses.replace(sim_config, seed=sim_config.seed + 1000))
@@ -205,7 +205,7 @@ def train_model(sim_config: SimConfig, partitions: int = 4, band: float = 0.2) -
         for state in counting.partitions.values()
         for user in state.users.values()
     ]
-    return fit(counters)
+    return fit(counters, **fit_options)
 
 
 def evaluate(

@@ -86,7 +86,7 @@ def frame_counters(frame: pl.DataFrame) -> list[ProfileCounters]:
 
 
 def fit(
-    counters: list[ProfileCounters], *, contamination: float = 0.01, seed: int = 7, min_decisions: int = 25
+    counters: list[ProfileCounters], *, contamination: float = 0.002, seed: int = 7, min_decisions: int = 100
 ) -> AnomalyModel:
     """Fit on users with enough decisions; the flag threshold is the (1 - contamination) quantile of the
     training users' anomaly scores, critical at a fifth of that tail."""

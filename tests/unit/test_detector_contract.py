@@ -23,7 +23,8 @@ def _with_trained_model() -> list[Detector]:
     """The registry's detectors, with the multivariate one given a small model so it scores too."""
     from streams.evaluate import train_model
 
-    model = train_model(SimConfig(users=150, days=2, seed=99))
+    # a small, trigger-happy model, so the multivariate detector really scores and flags on a short stream
+    model = train_model(SimConfig(users=150, days=2, seed=99), min_decisions=30, contamination=0.05)
     return build_detectors(DetectorConfig(anomaly_model=model))
 
 

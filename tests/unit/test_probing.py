@@ -109,7 +109,7 @@ def test_a_rephrase_prober_is_flagged_with_a_readable_reason_and_an_action() -> 
     assert found and all(f.user_id == "attacker" for f in found), "benign background users must not be flagged"
     first, last = found[0], found[-1]
     assert first.detector == "retry_probing" and first.category == "S2"
-    assert first.evidence["chains"] == 3  # the third chain tips it (ProbingConfig.min_chains)
+    assert first.evidence["chains"] == ProbingConfig().min_chains  # the chain that reaches min_chains tips it
     assert last.reason.startswith("5 block→rephrase→pass chains in S2 over 0.8 days")
     assert "(median 3 attempts, 48 s apart; last pass 0.47 vs 0.50)" in last.reason
     assert "of blocks followed by a near pass" in last.reason and "population: " in last.reason
@@ -166,7 +166,7 @@ def test_no_verdict_during_warm_up() -> None:
 
 
 def test_evidence_weighting_more_chains_give_a_higher_index() -> None:
-    events = background(random.Random(6), 4000) + prober("few", 3) + prober("many", 12, every_hours=2)
+    events = background(random.Random(6), 4000) + prober("few", 4) + prober("many", 12, every_hours=2)
     found = findings(RetryProbing(), events)
     few = max(f.score for f in found if f.user_id == "few")
     many = max(f.score for f in found if f.user_id == "many")
