@@ -104,13 +104,19 @@ def run_demo(
         console.print(f"[bold]embedded broker[/bold] tansu on {broker.bootstrap}")
         asyncio.run(ensure_topics(settings))
         model_path = db.with_name(db.stem + ".anomaly.joblib")
+        model_args: list[str] = []
         started = time.monotonic()
-        model = train_model(SimConfig(users=users, days=days, seed=seed))
-        save(model, model_path)
-        console.print(
-            f"[bold]anomaly model[/bold] {model.version} trained on {model.trained_users:,} users of a separate "
-            f"simulated period (seed {seed + 1000}) in {time.monotonic() - started:.1f}s: {model_path}"
-        )
+        try:
+            model = train_model(SimConfig(users=users, days=days, seed=seed))
+        except ValueError as exc:
+            console.print(f"[yellow]anomaly model not trained ({exc}); the multivariate detector only counts[/yellow]")
+        else:
+            save(model, model_path)
+            model_args = ["--anomaly-model", str(model_path)]
+            console.print(
+                f"[bold]anomaly model[/bold] {model.version} trained on {model.trained_users:,} users of a separate "
+                f"simulated period (seed {seed + 1000}) in {time.monotonic() - started:.1f}s: {model_path}"
+            )
         worker = subprocess.Popen(
             [
                 sys.executable,
@@ -123,8 +129,7 @@ def run_demo(
                 str(db),
                 "--web-port",
                 str(web_port),
-                "--anomaly-model",
-                str(model_path),
+                *model_args,
             ],
             env=env,
         )

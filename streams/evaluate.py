@@ -104,6 +104,7 @@ class ScenarioResult:
     seconds: float
     kinds: list[KindResult]
     detectors: dict[str, dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +118,7 @@ class ScenarioResult:
             "events_per_second": round(self.events / self.seconds) if self.seconds else None,
             "kinds": [k.as_dict() for k in self.kinds],
             "detectors": self.detectors,
+            "notes": self.notes,
         }
 
 
@@ -219,13 +221,20 @@ def evaluate(
     config = config or DetectorConfig()
     for name, sim_config in scenarios.items():
         sim = simulate(sim_config)
+        notes = []
+        scenario_config = config
         if anomaly and config.anomaly_model is None:
-            engine = build_engine(msgspec.structs.replace(config, anomaly_model=train_model(sim_config, partitions)))
-        else:
-            engine = build_engine(config)
+            try:
+                model = train_model(sim_config, partitions, band=config.band)
+                scenario_config = msgspec.structs.replace(config, anomaly_model=model)
+            except ValueError as exc:
+                notes.append(f"multivariate_anomaly not trained, so it only counted: {exc}")
+        engine = build_engine(scenario_config)
         started = time.perf_counter()
         changes = run_engine(engine, sim.events, partitions=partitions)
-        results.append(score(sim.labels, openings(changes), name, len(sim.events), time.perf_counter() - started))
+        result = score(sim.labels, openings(changes), name, len(sim.events), time.perf_counter() - started)
+        result.notes = notes
+        results.append(result)
         if progress is not None:
             progress(name)
     return results
@@ -277,3 +286,5 @@ def print_results(results: list[ScenarioResult], console: Console, title: str | 
                 str(d["benign_flagged"]),
             )
         console.print(det)
+        for note in r.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
