@@ -49,7 +49,7 @@ class HuggingConfig(msgspec.Struct, frozen=True, kw_only=True):
     1/3 (what a flat score density gives). A legitimate user of a sensitive topic has a score density
     that falls off towards the threshold (share below 1/3); somebody tuning prompts to pass has one
     that rises into it."""
-    concentration_prior: float = 10.0
+    concentration_prior: float = 8.0
     """Pseudo-decisions at a share of 1/3 that the concentration is shrunk towards."""
     slow_burn_index: float = 3.0
     """The slow-burn path needs a smaller index (the CUSUM supplies the persistence evidence)."""

@@ -257,11 +257,15 @@ def evaluate_command(
     scale: Annotated[float, typer.Option(min=0.05, max=1.0, help="shrink every scenario's user count")] = 1.0,
     partitions: Annotated[int, typer.Option(min=1, help="partitions to key users into, as the stream does")] = 4,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results as JSON here")] = None,
+    detector_config: Annotated[
+        Path | None, typer.Option(help="TOML of detector thresholds to evaluate (as GUARDSTREAM_DETECTOR_CONFIG)")
+    ] = None,
 ) -> None:
     """Detection quality on the simulator's labelled scenarios: precision, recall, benign users flagged and
     time to detect per attack family, through the same detector code as the stream (no broker needed)."""
     import dataclasses
 
+    from streams.detector_config import load_detector_config
     from streams.evaluate import evaluate, print_results
     from streams.output import report_console
     from streams.simulator import SCENARIOS
@@ -283,7 +287,12 @@ def evaluate_command(
         transient=True,
     ) as progress:
         task = progress.add_task("evaluating", total=len(configs))
-        results = evaluate(configs, partitions=partitions, progress=lambda name: progress.advance(task))
+        results = evaluate(
+            configs,
+            config=load_detector_config(detector_config or Settings().detector_config),
+            partitions=partitions,
+            progress=lambda name: progress.advance(task),
+        )
     print_results(results, out)
     if json_out is not None:
         json_out.write_text(json.dumps([r.as_dict() for r in results], indent=2))
