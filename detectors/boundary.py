@@ -28,6 +28,7 @@ from detectors.base import (
 )
 from detectors.events import Decision
 from detectors.findings import Finding
+from detectors.stats import binomial_tail_log10
 
 __all__ = ["BoundaryHugging", "CategoryOutcome", "CategoryStats", "HuggingConfig", "category_outcomes"]
 
@@ -49,6 +50,10 @@ class HuggingConfig(msgspec.Struct, frozen=True, kw_only=True):
     1/3 (what a flat score density gives). A legitimate user of a sensitive topic has a score density
     that falls off towards the threshold (share below 1/3); somebody tuning prompts to pass has one
     that rises into it."""
+    min_significance: float = 6.0
+    """... and that many hugs are this unlikely at the population share: ``-log10 P(X >= hugs)`` for X
+    binomial(decisions, population share) (6: one in a million). Over weeks, thousands of user and
+    category pairs each get many chances; this keeps chance runs of a few hugs from becoming alerts."""
     concentration_prior: float = 8.0
     """Pseudo-decisions at a share of 1/3 that the concentration is shrunk towards."""
     slow_burn_index: float = 3.0
@@ -183,6 +188,8 @@ class BoundaryHugging:
         cfg = self.cfg
         if stats.hugs < cfg.min_hugs or concentration(stats, cfg) < cfg.min_concentration:
             return None
+        if binomial_tail_log10(stats.hugs, stats.decisions, p0) < cfg.min_significance:
+            return None
         index = hugging_index(stats, p0, cfg)
         if index >= cfg.index_level:
             severity = "critical" if index >= cfg.critical_index else "warning"
@@ -234,6 +241,7 @@ class BoundaryHugging:
                 "cusum": round(stats.cusum, 4),
                 "near": stats.near,
                 "concentration": round(concentration(stats, cfg), 4),
+                "significance_log10": round(binomial_tail_log10(stats.hugs, stats.decisions, p0), 2),
                 "first_hug_ts_ms": stats.first_hug_ts,
                 "threshold": threshold,
                 "band": cfg.band,
