@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 
-
 class RateConfig(msgspec.Struct, frozen=True, kw_only=True):
     elevated_fraction: float = 0.4
     """A decision is elevated in a category when its score is at least this share of the threshold (blocked
@@ -142,8 +141,6 @@ class RatePopulation(msgspec.Struct):
     """Keyed ``stage|category|policy_key``: a threshold change starts a new baseline with its own warm-up."""
 
     baselines: dict[str, Baseline] = msgspec.field(default_factory=dict)
-
-
 
 
 def _history(window: CategoryWindow) -> float:
