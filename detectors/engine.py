@@ -165,6 +165,10 @@ class Engine:
             alerts.extend((partition, alert) for alert in state.book.take_dirty())
         return DirtyState(users=users, populations=populations, alerts=alerts)
 
+    def alerts(self) -> Iterable[AlertState]:
+        for state in self.partitions.values():
+            yield from state.book.alerts.values()
+
     def populations(self, detector: str) -> list[Any]:
         """Every tenant's population state of one detector, across the partitions this engine holds."""
         return [

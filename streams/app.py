@@ -79,6 +79,7 @@ class Service:
         self.last_commit_at: float | None = None
         self.counts = {"messages": 0, "decisions": 0, "duplicates": 0, "dead_letters": 0, "alert_changes": 0}
         self.app: faust.App | None = None
+        self.top_huggers: list[dict[str, Any]] = []
         # DuckDB refuses concurrent calls on one connection: every writer call goes through this one thread.
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardstream-db")
 
@@ -122,23 +123,21 @@ class Service:
         self, messages: list[Message], rejected: list[DeadLetter], outcome: Outcome, started: float, committed_at: float
     ) -> None:
         m = self.metrics
-        m.consumed.inc(len(messages))
-        m.observe_decisions(outcome.decision_counts)
-        m.observe_categories(outcome.category_counts)
-        for letter in rejected + outcome.dead_letters:
-            m.observe_dead_letter(letter.code)
-        for change in outcome.changes:
-            m.observe_alert_change(change.change, change.alert.detector, change.alert.severity, change.alert.category)
-        if outcome.duplicates:
-            m.duplicates.inc(outcome.duplicates)
-        m.batch_seconds.observe(time.perf_counter() - started)
-        m.batch_events.observe(len(messages))
-        for msg in messages[:: max(1, len(messages) // 50)]:  # a sample keeps the histogram cheap per batch
-            if msg.timestamp_ms:
-                m.ingest_latency.observe(max(0.0, committed_at - msg.timestamp_ms / 1000))
-        m.last_commit.set(committed_at)
+        record_batch(m, messages, rejected, outcome, started, committed_at)
         m.tracked_users.set(self.pipeline.engine.tracked_users())
         m.observe_judge_rates(judge_rates(self.pipeline.engine))
+        self.top_huggers = [
+            {
+                "rank": i + 1,
+                "tenant": a.tenant,
+                "user_id": a.user_id,
+                "category": a.category,
+                "index": a.score,
+                "severity": a.severity,
+                "since": a.first_ts_ms,
+            }
+            for i, a in enumerate(m.observe_open_alerts(self.pipeline.engine.alerts()))
+        ]
         self.last_commit_at = committed_at
         c = self.counts
         c["messages"] += len(messages)
@@ -235,7 +234,34 @@ class Service:
             "started_at": self.started_at,
             "first_batch_at": self.first_batch_at,
             "last_commit_at": self.last_commit_at,
+            "top_huggers": self.top_huggers,  # pseudonymous ids; the metric has rank slots only
         }
+
+
+def record_batch(
+    m: Metrics,
+    messages: list[Message],
+    rejected: list[DeadLetter],
+    outcome: Outcome,
+    started: float,
+    committed_at: float,
+) -> None:
+    """Metrics of one committed batch: one increment per label set, whatever the number of users."""
+    m.consumed.inc(len(messages))
+    m.observe_decisions(outcome.decision_counts)
+    m.observe_categories(outcome.category_counts)
+    for letter in rejected + outcome.dead_letters:
+        m.observe_dead_letter(letter.code)
+    for change in outcome.changes:
+        m.observe_alert_change(change.change, change.alert.detector, change.alert.severity, change.alert.category)
+    if outcome.duplicates:
+        m.duplicates.inc(outcome.duplicates)
+    m.batch_seconds.observe(time.perf_counter() - started)
+    m.batch_events.observe(len(messages))
+    for msg in messages[:: max(1, len(messages) // 50)]:  # a sample keeps the histogram cheap per batch
+        if msg.timestamp_ms:
+            m.ingest_latency.observe(max(0.0, committed_at - msg.timestamp_ms / 1000))
+    m.last_commit.set(committed_at)
 
 
 def judge_rates(engine: Any) -> dict[str, tuple[int, int]]:

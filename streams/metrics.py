@@ -8,6 +8,7 @@ Children are created at start-up and cached, and the hot path increments once pe
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client import Counter as PromCounter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from detectors.alerts import AlertState
 from detectors.events import REJECTION_CODES
 from detectors.registry import DETECTOR_NAMES
 from streams.nist import NistMapping, load_mapping
@@ -24,6 +26,7 @@ STAGES = ("input", "output", "tool", "judge")
 VERDICTS = ("allow", "block", "redact", "escalate")
 OUTCOMES = ("allowed", "hugging", "blocked")
 SEVERITIES = ("warning", "critical")
+TOP_K = 20
 CHANGES = ("opened", "updated", "escalated", "resolved", "reopened")
 CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")  # aiohttp sets the charset itself
 
@@ -143,6 +146,19 @@ class Metrics:
             ["guardrail"],
             registry=r,
         )
+        self.top_hugging = Gauge(
+            "guardstream_detector_top_hugging_index",
+            "Hugging index of the open boundary-hugging alerts, by rank slot (1 = highest). A fixed set of "
+            "series: who holds a slot is in /status and the alerts table, never in a label",
+            ["rank"],
+            registry=r,
+        )
+        self.open_alerts = Gauge(
+            "guardstream_detector_open_alerts",
+            "Alerts currently open, by detector and severity",
+            ["detector", "severity"],
+            registry=r,
+        )
         self.tracked_users = Gauge(
             "guardstream_detector_tracked_users", "Users with detector state in memory", registry=r
         )
@@ -153,6 +169,8 @@ class Metrics:
 
     def _precreate(self) -> None:
         m = self.mapping
+        for rank in range(1, TOP_K + 1):
+            self.top_hugging.labels(str(rank)).set(0)
         for code in REJECTION_CODES:
             self.dead_letters.labels(code, m.measure("dead_letters"))
         for detector in DETECTOR_NAMES:
@@ -160,6 +178,8 @@ class Metrics:
                 self.alerts.labels(detector, severity, m.measure(detector), m.signal_risk(detector, None))
             for change in CHANGES:
                 self.alert_changes.labels(detector, change)
+            for severity in SEVERITIES:
+                self.open_alerts.labels(detector, severity).set(0)
 
     def observe_decisions(self, counts: Counter[tuple[str, str, str]]) -> None:
         measure = self.mapping.measure("decisions")
@@ -181,6 +201,28 @@ class Metrics:
 
     def observe_dead_letter(self, code: str) -> None:
         self.dead_letters.labels(code, self.mapping.measure("dead_letters")).inc()
+
+    def observe_open_alerts(self, alerts: Iterable[AlertState]) -> list[AlertState]:
+        """Open-alert counts and the top-K hugging slots; returns the top-K for /status."""
+        counts: Counter[tuple[str, str]] = Counter()
+        heap: list[tuple[float, str, AlertState]] = []  # the K largest so far, smallest on top: O(K) memory
+        for alert in alerts:
+            if alert.status != "open":
+                continue
+            counts[(alert.detector, alert.severity)] += 1
+            if alert.detector == "boundary_hugging":
+                item = (alert.score, alert.alert_id, alert)
+                if len(heap) < TOP_K:
+                    heapq.heappush(heap, item)
+                elif item[:2] > heap[0][:2]:
+                    heapq.heapreplace(heap, item)
+        for detector in DETECTOR_NAMES:
+            for severity in SEVERITIES:
+                self.open_alerts.labels(detector, severity).set(counts.get((detector, severity), 0))
+        top = [a for _score, _id, a in sorted(heap, key=lambda i: i[:2], reverse=True)]
+        for rank in range(1, TOP_K + 1):
+            self.top_hugging.labels(str(rank)).set(top[rank - 1].score if rank <= len(top) else 0)
+        return top
 
     def observe_judge_rates(self, rates: dict[str, tuple[int, int]]) -> None:
         measure = self.mapping.measure("judge_disagreement")
