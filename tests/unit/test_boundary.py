@@ -10,6 +10,7 @@ from detectors.boundary import BoundaryHugging, HuggingConfig, HuggingPopulation
 from detectors.engine import Engine
 from detectors.events import Decision, Guardrail
 from detectors.findings import Finding
+from tests.restart import restart
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 GUARD = Guardrail("llama-guard-3", "8b")
@@ -140,15 +141,7 @@ def test_state_round_trips_and_replaying_from_a_snapshot_gives_the_same_answer()
     first, second = events[:1000], events[1000:]
     engine = hugging_engine()
     found = opened(engine, first)
-    dirty = engine.take_dirty()
-    restored = hugging_engine()
-    restored.load_partition(
-        0,
-        dirty.populations[0][1],
-        [(t, u, blob) for _p, t, u, blob in dirty.users],
-        [a for _p, a in dirty.alerts],
-        engine.partitions[0].watermark_ms,
-    )
+    restored = restart(engine, hugging_engine())
     found += opened(restored, second)
     assert found == straight
     assert found, "the planted hugger must be found for this test to mean anything"

@@ -13,6 +13,7 @@ from detectors.bypass import BypassConfig, BypassPopulation, BypassUser, OutputB
 from detectors.engine import Engine
 from detectors.events import Decision, Guardrail
 from detectors.findings import Finding
+from tests.restart import restart
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 GUARD = Guardrail("llama-guard-3", "8b")
@@ -216,17 +217,7 @@ def test_state_round_trips_and_replaying_from_a_snapshot_gives_the_same_answer()
     cut = next(i for i, e in enumerate(events) if e.user_id == "attacker" and e.request_id == "attacker-r7") + 1
     engine = Engine([OutputBypass()])
     found = opened(engine, events[:cut])
-    dirty = engine.take_dirty()
-    restored = Engine([OutputBypass()])
-    for _p, _t, _u, blob in dirty.users:
-        assert restored.encode_user(restored.decode_user(blob)) == blob
-    restored.load_partition(
-        0,
-        dirty.populations[0][1],
-        [(t, u, blob) for _p, t, u, blob in dirty.users],
-        [a for _p, a in dirty.alerts],
-        engine.partitions[0].watermark_ms,
-    )
+    restored = restart(engine, Engine([OutputBypass()]))
     found += opened(restored, events[cut:])
     assert found == straight
 

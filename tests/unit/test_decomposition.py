@@ -20,6 +20,7 @@ from detectors.decomposition import (
 from detectors.engine import Engine
 from detectors.events import Decision, Guardrail
 from detectors.findings import Finding
+from tests.restart import restart
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 GUARD = Guardrail("llama-guard-3", "8b")
@@ -232,15 +233,7 @@ def test_state_round_trips_and_replaying_from_a_snapshot_gives_the_same_answer()
     cut = next(i for i, e in enumerate(events) if e.session_id == "s-1")  # between two flagged sessions
     engine = Engine([MultiTurnDecomposition()])
     found = opened(engine, events[:cut])
-    dirty = engine.take_dirty()
-    restored = Engine([MultiTurnDecomposition()])
-    restored.load_partition(
-        0,
-        dirty.populations[0][1],
-        [(t, u, blob) for _p, t, u, blob in dirty.users],
-        [a for _p, a in dirty.alerts],
-        engine.partitions[0].watermark_ms,
-    )
+    restored = restart(engine, Engine([MultiTurnDecomposition()]))
     assert restored.partitions[0].users == engine.partitions[0].users
     found += opened(restored, events[cut:])
     assert found == straight

@@ -17,6 +17,7 @@ from detectors.events import Decision, Guardrail, decode
 from detectors.registry import DetectorConfig, build_detectors
 from streams.evaluate import kafka_partition
 from streams.simulator import SimConfig, simulate
+from tests.restart import restart
 
 
 def _with_trained_model() -> list[Detector]:
@@ -67,17 +68,7 @@ def test_state_round_trips_and_a_restart_equals_a_straight_run(detector: Detecto
     first = single(detector)
     found = run(first, stream[:cut])
     found = [f for f in found if f[1] != "resolved"]  # the end-of-run sweep is re-done by the second half
-    dirty = first.take_dirty()
-    second = single(detector)
-    for partition, state in first.partitions.items():
-        blobs = [(t, u, b) for p, t, u, b in dirty.users if p == partition]
-        for _t, _u, blob in blobs:
-            assert second.encode_user(second.decode_user(blob)) == blob
-        population = next(b for p, b in dirty.populations if p == partition)
-        assert second.encode_population(second.decode_population(population)) == population
-        second.load_partition(
-            partition, population, blobs, [a for p, a in dirty.alerts if p == partition], state.watermark_ms
-        )
+    second = restart(first, single(detector))
     found += run(second, stream[cut:])
     assert sorted(found) == sorted(straight)
 

@@ -12,6 +12,7 @@ from detectors.engine import Engine
 from detectors.events import Decision, Guardrail
 from detectors.findings import Finding
 from detectors.probing import ProbingConfig, ProbingPopulation, ProbingUser, RetryProbing
+from tests.restart import restart
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 GUARD = Guardrail("llama-guard-3", "8b")
@@ -217,17 +218,7 @@ def test_state_round_trips_and_replaying_from_a_snapshot_gives_the_same_answer()
     cut = next(i for i, e in enumerate(events) if e.user_id == "attacker") + 4  # mid-way through a chain
     engine = Engine([RetryProbing()])
     found = opened(engine, events[:cut])
-    dirty = engine.take_dirty()
-    restored = Engine([RetryProbing()])
-    for _p, _t, _u, blob in dirty.users:
-        assert restored.encode_user(restored.decode_user(blob)) == blob
-    restored.load_partition(
-        0,
-        dirty.populations[0][1],
-        [(t, u, blob) for _p, t, u, blob in dirty.users],
-        [a for _p, a in dirty.alerts],
-        engine.partitions[0].watermark_ms,
-    )
+    restored = restart(engine, Engine([RetryProbing()]))
     found += opened(restored, events[cut:])
     assert found == straight
 

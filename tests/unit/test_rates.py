@@ -21,6 +21,7 @@ from detectors.rates import (
     binomial_tail_log10,
     poisson_tail_log10,
 )
+from tests.restart import restart
 
 START = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
 GUARD = Guardrail("llama-guard-3", "8b")
@@ -215,17 +216,7 @@ def test_state_round_trips_and_replaying_from_a_snapshot_gives_the_same_answer()
     cut = next(i for i, e in enumerate(events) if e.ts >= START + timedelta(days=3, hours=5, minutes=20))
     first = Engine([CategoryRateAnomaly()])
     found = opened(first, events[:cut])
-    dirty = first.take_dirty()
-    for _p, _t, _u, blob in dirty.users:
-        assert first.encode_user(first.decode_user(blob)) == blob
-    restored = Engine([CategoryRateAnomaly()])
-    restored.load_partition(
-        0,
-        dirty.populations[0][1],
-        [(t, u, blob) for _p, t, u, blob in dirty.users],
-        [a for _p, a in dirty.alerts],
-        first.partitions[0].watermark_ms,
-    )
+    restored = restart(first, Engine([CategoryRateAnomaly()]))
     found += opened(restored, events[cut:])
     assert found == straight
 
