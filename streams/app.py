@@ -33,7 +33,7 @@ from streams.metrics import CONTENT_TYPE, Metrics
 from streams.nist import load_mapping
 from streams.pipeline import DeadLetter, Message, Outcome, Pipeline
 from streams.settings import Settings
-from streams.store import QueryRefused, Store
+from streams.store import QueryRefused, Store, parse_query_body
 
 log = logging.getLogger("guardstream.app")
 T = TypeVar("T")
@@ -348,9 +348,13 @@ def create_app(settings: Settings, service: Service) -> faust.App:
     @app.page("/query")
     class QueryView(View):
         async def post(self, request: Request) -> Response:
-            sql = (await request.read()).decode("utf-8", "replace")
+            headers = getattr(request, "headers", None)
             try:
-                table = await asyncio.to_thread(service.store.query, sql)
+                sql, params = parse_query_body(await request.read(), headers.get("Content-Type") if headers else None)
+            except ValueError as exc:
+                return self.bytes(str(exc).encode(), status=400, content_type="text/plain")
+            try:
+                table = await asyncio.to_thread(service.store.query, sql, params)
             except QueryRefused as exc:
                 return self.bytes(str(exc).encode(), status=403, content_type="text/plain")
             except Exception as exc:  # a bad query is the caller's problem, not the pipeline's

@@ -9,7 +9,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -157,6 +157,8 @@ def sql(
     url: Annotated[str | None, typer.Option(help="query a running pipeline at this URL instead of finding it")] = None,
 ) -> None:
     """Ad-hoc SQL over the store; works while `guardstream run` holds the database."""
+    import duckdb
+
     from streams.output import print_table, to_csv, to_json
     from streams.query import QueryFailed
     from streams.query import query as run_query
@@ -169,16 +171,185 @@ def sql(
         raise fail(f"refused: {exc}") from exc
     except (QueryFailed, StoreLocked, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
-    except Exception as exc:
-        if type(exc).__module__.startswith("duckdb"):
-            raise fail(f"{type(exc).__name__}: {exc}") from exc
-        raise
+    except duckdb.Error as exc:
+        raise fail(f"{type(exc).__name__}: {exc}") from exc
     if format is Format.table:
         print_table(table, Console())
     elif format is Format.csv:
         sys.stdout.write(to_csv(table))
     else:
         sys.stdout.write(to_json(table) + "\n")
+
+
+def _render(table: Any, format: Format) -> None:
+    from streams.output import print_table, to_csv, to_json
+
+    if format is Format.table:
+        print_table(table, Console())
+    elif format is Format.csv:
+        sys.stdout.write(to_csv(table))
+    else:
+        sys.stdout.write(to_json(table) + "\n")
+
+
+def _store_errors(exc: Exception) -> typer.Exit | None:
+    """The one-line error for a failed read of the store, or None when it is not one of ours."""
+    import duckdb
+
+    from streams.query import QueryFailed
+    from streams.store import QueryRefused, StoreLocked
+
+    if isinstance(exc, QueryRefused):
+        return fail(f"refused: {exc}")
+    if isinstance(exc, QueryFailed | StoreLocked | FileNotFoundError):
+        return fail(str(exc))
+    if isinstance(exc, duckdb.Error):
+        return fail(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+    return None
+
+
+@app.command(name="query")
+def named_query_command(
+    name: Annotated[str | None, typer.Argument(help="a named query from sql/queries (see --list)")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="a parameter as key=value (repeatable)")
+    ] = None,
+    db: DbPath = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table for people; csv or json for scripts")] = (
+        Format.table
+    ),
+    url: Annotated[str | None, typer.Option(help="query a running pipeline at this URL instead of finding it")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the named queries and their parameters")] = False,
+) -> None:
+    """Run a named, parameterized query (user_timeline, top_huggers, ...); works while `guardstream run` runs."""
+    from streams.investigate import (
+        REQUIRED,
+        BadParams,
+        UnknownQuery,
+        available,
+        declared_params,
+        description,
+        parse_pairs,
+        run_named,
+    )
+    from streams.investigate import named_query as load
+    from streams.query import query as run_query
+
+    if list_:
+        for known in available():
+            text = load(known)
+            params = ", ".join(
+                n if d is REQUIRED else f"{n}={'null' if d is None else d}" for n, d in declared_params(text).items()
+            )
+            sys.stdout.write(f"{known}  ({params})\n    {description(text)}\n")
+        return
+    if name is None:
+        raise fail("name a query, or use --list to see them")
+    settings = Settings().with_overrides(db=db)
+    try:
+        table = run_named(lambda q, p: run_query(settings.db, q, url=url, params=p), name, parse_pairs(param or []))
+    except (UnknownQuery, BadParams) as exc:
+        raise fail(str(exc.args[0])) from exc
+    except Exception as exc:
+        error = _store_errors(exc)
+        if error is None:
+            raise
+        raise error from exc
+    _render(table, format)
+
+
+def _resolve_user(user: str, raw: bool, settings: Settings) -> str:
+    from detectors.events import pseudonymize
+
+    if not raw:
+        return user
+    key = settings.pseudonym_key_bytes()
+    if key is None:
+        raise fail("--raw needs the pseudonym key: set GUARDSTREAM_PSEUDONYM_KEY to the key the pipeline uses")
+    return pseudonymize(user, key)
+
+
+@app.command()
+def investigate(
+    user: Annotated[str, typer.Argument(help="user id as stored (a pseudonym when a key is set), or raw with --raw")],
+    db: DbPath = None,
+    raw: Annotated[bool, typer.Option(help="USER is a raw id: pseudonymize it with GUARDSTREAM_PSEUDONYM_KEY")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="how many of the latest decisions to show")] = 50,
+    url: Annotated[str | None, typer.Option(help="query a running pipeline at this URL instead of finding it")] = None,
+) -> None:
+    """A user's alerts (with reasons and suggested actions), latest decisions and per-category totals."""
+    from streams.investigate import investigate as build
+    from streams.investigate import print_report
+    from streams.output import report_console
+    from streams.query import query as run_query
+
+    settings = Settings().with_overrides(db=db)
+    user_id = _resolve_user(user, raw, settings)
+    try:
+        report = build(lambda q, p: run_query(settings.db, q, url=url, params=p), user_id, limit=limit)
+    except Exception as exc:
+        error = _store_errors(exc)
+        if error is None:
+            raise
+        raise error from exc
+    if report.empty:
+        shown = f"{user} (pseudonym {user_id})" if raw else user
+        raise fail(f"no decisions, alerts or daily totals for user {shown} in {settings.db}")
+    print_report(report, report_console())
+
+
+@app.command()
+def pseudonym(raw_id: Annotated[str, typer.Argument(help="a raw user id")]) -> None:
+    """Print the pseudonym the pipeline stores for a raw user id (with GUARDSTREAM_PSEUDONYM_KEY)."""
+    sys.stdout.write(_resolve_user(raw_id, True, Settings()) + "\n")
+
+
+class ExportFormat(StrEnum):
+    parquet = "parquet"
+
+
+EXPORT_TABLES = ["decisions", "alerts", "alert_changes", "user_category_daily", "dead_letters"]
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="directory to write one file per table into (created if missing)")],
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="file format")] = ExportFormat.parquet,
+    db: DbPath = None,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", "-t", help=f"table to export (repeatable); default: {EXPORT_TABLES}")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="query a running pipeline at this URL instead of finding it")] = None,
+) -> None:
+    """Export store tables to Parquet, one file per table; works while `guardstream run` holds the database."""
+    import re
+
+    import pyarrow.parquet as pq
+
+    from streams.query import query as run_query
+
+    settings = Settings().with_overrides(db=db)
+    tables = table or EXPORT_TABLES
+    bad = [t for t in tables if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", t)]
+    if bad:
+        raise fail(f"not a table name: {', '.join(bad)}")
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for name in tables:
+        console.print(f"exporting {name} ...")
+        try:
+            data = run_query(settings.db, f'SELECT * FROM "{name}"', url=url)
+        except Exception as exc:
+            error = _store_errors(exc)
+            if error is None:
+                raise
+            raise error from exc
+        path = out / f"{name}.{format.value}"
+        pq.write_table(data, path)
+        counts[name] = data.num_rows
+        console.print(f"  {name}: {data.num_rows:,} rows -> {path}")
+    for name, n in counts.items():
+        sys.stdout.write(f"{name}\t{n}\n")
 
 
 @app.command()

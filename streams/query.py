@@ -7,13 +7,14 @@ Both paths accept only read-only statements and return an Arrow table.
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
 
-from streams.store import QueryRefused, open_read_only, run_read_only
+from streams.store import QueryParams, QueryRefused, open_read_only, run_read_only
 from streams.worker import running_service
 
 
@@ -21,12 +22,15 @@ class QueryFailed(RuntimeError):
     pass
 
 
-def query_service(url: str, sql: str, timeout: float = 60.0) -> pa.Table:
+def query_service(url: str, sql: str, timeout: float = 60.0, params: QueryParams | None = None) -> pa.Table:
+    """Ask a running pipeline. Without params the body is the SQL text; with them, JSON ``{"sql", "params"}``."""
+    if params:
+        data = json.dumps({"sql": sql, "params": params}).encode("utf-8")
+        content_type = "application/json"
+    else:
+        data, content_type = sql.encode("utf-8"), "text/plain; charset=utf-8"
     request = urllib.request.Request(
-        url.rstrip("/") + "/query",
-        data=sql.encode("utf-8"),
-        method="POST",
-        headers={"Content-Type": "text/plain; charset=utf-8"},
+        url.rstrip("/") + "/query", data=data, method="POST", headers={"Content-Type": content_type}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -41,14 +45,14 @@ def query_service(url: str, sql: str, timeout: float = 60.0) -> pa.Table:
     return pa.ipc.open_stream(body).read_all()
 
 
-def query(db: Path, sql: str, url: str | None = None) -> pa.Table:
+def query(db: Path, sql: str, url: str | None = None, params: QueryParams | None = None) -> pa.Table:
     if url is None:
         service = running_service(db)
         url = service["url"] if service else None
     if url is not None:
-        return query_service(url, sql)
+        return query_service(url, sql, params=params)
     conn = open_read_only(db)
     try:
-        return run_read_only(conn, sql)
+        return run_read_only(conn, sql, params)
     finally:
         conn.close()

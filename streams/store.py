@@ -8,6 +8,7 @@ sees committed snapshots) and ``guardstream sql`` opens the file directly only w
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -80,8 +81,39 @@ def check_read_only(sql: str) -> None:
             raise QueryRefused("only informational PRAGMAs are allowed here")
 
 
-def run_read_only(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
-    """Run a read-only query on a cursor inside a transaction that is always rolled back."""
+QueryParams = dict[str, Any]
+
+
+def parse_query_body(body: bytes, content_type: str | None = None) -> tuple[str, QueryParams | None]:
+    """The ``/query`` request body: plain SQL text, or JSON ``{"sql": "...", "params": {...}}``.
+
+    JSON is recognised by its content type or by a leading ``{`` (no SQL statement starts with one).
+    Parameter values must be scalars (string, number, boolean or null); they are bound, never spliced.
+    """
+    text = body.decode("utf-8", "replace")
+    if not ((content_type and "json" in content_type.lower()) or text.lstrip().startswith("{")):
+        return text, None
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"query body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("sql"), str):
+        raise ValueError('a JSON query body must be an object with a "sql" string')
+    params = payload.get("params")
+    if params is None:
+        return payload["sql"], None
+    if not isinstance(params, dict):
+        raise ValueError('"params" must be an object of name: value')
+    for name, value in params.items():
+        if not isinstance(value, str | int | float | bool) and value is not None:
+            raise ValueError(f"parameter {name!r} must be a string, number, boolean or null")
+    return payload["sql"], params
+
+
+def run_read_only(conn: duckdb.DuckDBPyConnection, sql: str, params: QueryParams | None = None) -> pa.Table:
+    """Run a read-only query on a cursor inside a transaction that is always rolled back.
+
+    ``params`` binds DuckDB named parameters (``$name``) of the last statement."""
     check_read_only(sql)
     cursor = conn.cursor()
     try:
@@ -90,7 +122,7 @@ def run_read_only(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
             statements = duckdb.extract_statements(sql)
             for statement in statements[:-1]:
                 cursor.execute(statement)
-            relation = cursor.sql(statements[-1].query)
+            relation = cursor.sql(statements[-1].query, params=params or None)
             result = relation.to_arrow_table() if relation is not None else pa.table({})
         finally:
             cursor.execute("ROLLBACK")
@@ -250,9 +282,9 @@ class Store:
         if change_ids:
             self.conn.execute("UPDATE alert_changes SET published = true WHERE change_id IN ?", [list(change_ids)])
 
-    def query(self, sql: str) -> pa.Table:
+    def query(self, sql: str, params: QueryParams | None = None) -> pa.Table:
         """Safe from any thread while the writer works: a separate cursor sees committed snapshots."""
-        return run_read_only(self._reader, sql)
+        return run_read_only(self._reader, sql, params)
 
 
 class StoreLocked(RuntimeError):
