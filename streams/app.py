@@ -345,6 +345,28 @@ def create_app(settings: Settings, service: Service) -> faust.App:
         async def get(self, request: Request) -> Response:
             return self.json(service.status())
 
+    @app.task  # type: ignore[untyped-decorator]
+    async def load_verdicts() -> None:
+        service.metrics.observe_verdicts(await service.db(service.store.verdict_counts))
+
+    @app.page("/verdict")
+    class VerdictView(View):
+        """Record an analyst's verdict while this process holds the store (``guardstream verdict``)."""
+
+        async def post(self, request: Request) -> Response:
+            try:
+                body = orjson.loads(await request.read())
+                alert_id, verdict = str(body["alert_id"]), str(body["verdict"])
+                analyst, note = body.get("analyst"), body.get("note")
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                return self.bytes(f"bad verdict request: {exc}".encode(), status=400, content_type="text/plain")
+            try:
+                detector = await service.db(service.store.record_verdict, alert_id, verdict, analyst, note)
+            except (ValueError, LookupError) as exc:
+                return self.bytes(str(exc).encode(), status=400, content_type="text/plain")
+            service.metrics.observe_verdicts(await service.db(service.store.verdict_counts))
+            return self.json({"alert_id": alert_id, "verdict": verdict, "detector": detector})
+
     @app.page("/query")
     class QueryView(View):
         async def post(self, request: Request) -> Response:

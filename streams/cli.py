@@ -494,6 +494,54 @@ def detectors() -> None:
     Console().print(table)
 
 
+@app.command()
+def verdict(
+    alert_id: Annotated[str, typer.Argument(help="the alert's alert_id (see `guardstream investigate`)")],
+    value: Annotated[str, typer.Argument(metavar="confirmed|false_positive", help="the analyst's verdict")],
+    note: Annotated[str | None, typer.Option(help="free text kept with the verdict")] = None,
+    analyst: Annotated[str | None, typer.Option(help="who decided")] = None,
+    db: DbPath = None,
+    url: Annotated[str | None, typer.Option(help="a running pipeline's URL instead of finding it")] = None,
+) -> None:
+    """Record an analyst's verdict on an alert; verdicts feed guardstream_detector_precision_ratio
+    (MEASURE 3.3 / 4.3). Works while the pipeline runs (through it) and when it does not (directly)."""
+    import urllib.error
+    import urllib.request
+
+    from streams.store import Store, StoreLocked
+    from streams.worker import running_service
+
+    settings = Settings().with_overrides(db=db)
+    service = running_service(settings.db)
+    target = url or (service["url"] if service else None)
+    if target is not None:
+        body = orjson.dumps({"alert_id": alert_id, "verdict": value, "note": note, "analyst": analyst})
+        request = urllib.request.Request(
+            target.rstrip("/") + "/verdict", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                detector = json.loads(response.read())["detector"]
+        except urllib.error.HTTPError as exc:
+            raise fail(exc.read().decode("utf-8", "replace")) from exc
+        except urllib.error.URLError as exc:
+            raise fail(f"cannot reach the pipeline at {target}: {exc.reason}") from exc
+    else:
+        if not settings.db.exists():
+            raise fail(f"no database at {settings.db}: pass --db")
+        try:
+            store = Store(settings.db)
+        except StoreLocked as exc:
+            raise fail(str(exc)) from exc
+        try:
+            detector = store.record_verdict(alert_id, value, analyst, note)
+        except (ValueError, LookupError) as exc:
+            raise fail(str(exc)) from exc
+        finally:
+            store.close()
+    console.print(f"recorded {value} on alert {alert_id} ({detector})")
+
+
 @app.command(name="settings")
 def show_settings() -> None:
     """Show every setting with its current value (secrets hidden) and its environment variable."""

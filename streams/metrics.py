@@ -159,6 +159,18 @@ class Metrics:
             ["detector", "severity"],
             registry=r,
         )
+        self.verdicts = Gauge(
+            "guardstream_detector_verdicts",
+            "Alerts with an analyst's verdict (confirmed or false_positive), by detector",
+            ["detector", "verdict", "nist_measure"],
+            registry=r,
+        )
+        self.precision = Gauge(
+            "guardstream_detector_precision_ratio",
+            "Confirmed / (confirmed + false positive) among alerts analysts judged, by detector",
+            ["detector", "nist_measure"],
+            registry=r,
+        )
         self.tracked_users = Gauge(
             "guardstream_detector_tracked_users", "Users with detector state in memory", registry=r
         )
@@ -223,6 +235,16 @@ class Metrics:
         for rank in range(1, TOP_K + 1):
             self.top_hugging.labels(str(rank)).set(top[rank - 1].score if rank <= len(top) else 0)
         return top
+
+    def observe_verdicts(self, counts: dict[tuple[str, str], int]) -> None:
+        measure = self.mapping.measure("verdicts")
+        for detector in {d for d, _v in counts} | set(DETECTOR_NAMES):
+            confirmed = counts.get((detector, "confirmed"), 0)
+            false_positive = counts.get((detector, "false_positive"), 0)
+            self.verdicts.labels(detector, "confirmed", measure).set(confirmed)
+            self.verdicts.labels(detector, "false_positive", measure).set(false_positive)
+            if confirmed + false_positive:
+                self.precision.labels(detector, measure).set(confirmed / (confirmed + false_positive))
 
     def observe_judge_rates(self, rates: dict[str, tuple[int, int]]) -> None:
         measure = self.mapping.measure("judge_disagreement")

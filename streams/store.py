@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+VERDICTS = ("confirmed", "false_positive")
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
 
 
@@ -281,6 +282,27 @@ class Store:
     def mark_published(self, change_ids: Sequence[str]) -> None:
         if change_ids:
             self.conn.execute("UPDATE alert_changes SET published = true WHERE change_id IN ?", [list(change_ids)])
+
+    def record_verdict(self, alert_id: str, verdict: str, analyst: str | None, note: str | None) -> str:
+        """Store an analyst's verdict on an alert (the latest one wins); returns the alert's detector."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}")
+        row = self.conn.execute("SELECT detector FROM alerts WHERE alert_id = ?", [alert_id]).fetchone()
+        if row is None:
+            raise LookupError(f"no alert {alert_id!r}")
+        self.conn.execute(
+            "INSERT INTO verdicts VALUES (?, ?, ?, ?, now()) ON CONFLICT (alert_id) DO UPDATE SET "
+            "verdict = excluded.verdict, analyst = excluded.analyst, note = excluded.note, created_at = now()",
+            [alert_id, verdict, analyst, note],
+        )
+        return str(row[0])
+
+    def verdict_counts(self) -> dict[tuple[str, str], int]:
+        """(detector, verdict) -> alerts with that latest verdict."""
+        rows = self.conn.execute(
+            "SELECT a.detector, v.verdict, count(*) FROM verdicts v JOIN alerts a USING (alert_id) GROUP BY ALL"
+        ).fetchall()
+        return {(str(d), str(v)): int(n) for d, v, n in rows}
 
     def query(self, sql: str, params: QueryParams | None = None) -> pa.Table:
         """Safe from any thread while the writer works: a separate cursor sees committed snapshots."""

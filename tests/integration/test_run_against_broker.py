@@ -228,6 +228,33 @@ def test_run_simulate_and_query_while_running(
         (c.change_id, c.change, c.ts_ms, c.alert.severity, c.alert.score) for c in offline
     )
 
+    # an analyst's verdict goes through the running pipeline and feeds the precision metric (MEASURE 3.3)
+    some_alert = json.loads(
+        subprocess.run(
+            [*GUARDSTREAM, "sql", "SELECT alert_id, detector FROM alerts LIMIT 1", "-f", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )[0]
+    recorded = subprocess.run(
+        [*GUARDSTREAM, "verdict", some_alert["alert_id"], "false_positive", "--note", "test"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert recorded.returncode == 0, recorded.stderr
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        exposition = response.read().decode()
+    assert (
+        f'guardstream_detector_precision_ratio{{detector="{some_alert["detector"]}",nist_measure="MEASURE-3.3"}} 0.0'
+        in (exposition)
+    )
+    wrong = subprocess.run(
+        [*GUARDSTREAM, "verdict", some_alert["alert_id"], "maybe"], env=env, capture_output=True, text=True
+    )
+    assert wrong.returncode == 2 and "confirmed, false_positive" in wrong.stderr
+
     # a clean stop, then the file opens directly
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
@@ -239,6 +266,19 @@ def test_run_simulate_and_query_while_running(
     )
     assert direct.returncode == 0, direct.stderr
     assert json.loads(direct.stdout) == [{"n": total - 30}]
+    # with no pipeline running the verdict is written to the file directly
+    again = subprocess.run(
+        [*GUARDSTREAM, "verdict", some_alert["alert_id"], "confirmed"], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    stored = subprocess.run(
+        [*GUARDSTREAM, "sql", "SELECT verdict FROM verdicts", "-f", "json"], env=env, capture_output=True, text=True
+    )
+    assert json.loads(stored.stdout) == [{"verdict": "confirmed"}]
+    missing = subprocess.run(
+        [*GUARDSTREAM, "verdict", "no-such-alert", "confirmed"], env=env, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "no alert" in missing.stderr
 
 
 def test_a_second_writer_gets_a_clear_error(settings: Settings, worker: tuple[subprocess.Popen[bytes], str]) -> None:

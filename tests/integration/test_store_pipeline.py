@@ -147,7 +147,7 @@ def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     store = Store(tmp_path / "m.duckdb")
     rows = store.conn.execute("SELECT version, name FROM schema_migrations").fetchall()
     store.close()
-    assert rows == [(1, "001_init")]
+    assert sorted(rows) == [(1, "001_init"), (2, "002_verdicts")]
 
 
 def test_training_counters_from_sql_equal_the_stream_detectors_counters(tmp_path: Path, stream: list[Message]) -> None:
