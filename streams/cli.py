@@ -542,6 +542,29 @@ def verdict(
     console.print(f"recorded {value} on alert {alert_id} ({detector})")
 
 
+dashboards_app = typer.Typer(help="Grafana dashboards (built from dashboards/build.py).", no_args_is_help=True)
+app.add_typer(dashboards_app, name="dashboards")
+
+
+@dashboards_app.command("push")
+def dashboards_push(
+    url: Annotated[str, typer.Option(help="Grafana base URL, e.g. https://grafana.example.com")],
+    token: Annotated[
+        str, typer.Option(help="Grafana service account token (env GRAFANA_TOKEN)", envvar="GRAFANA_TOKEN")
+    ],
+    folder_uid: Annotated[str | None, typer.Option(help="folder to put the dashboards in")] = None,
+) -> None:
+    """Provision the committed dashboards into Grafana with grafana-client (overwrites by uid)."""
+    from streams.grafana import DashboardPushError, push_dashboards
+
+    try:
+        pushed = push_dashboards(url, token, folder_uid=folder_uid)
+    except DashboardPushError as exc:
+        raise fail(str(exc)) from exc
+    for uid, version in pushed:
+        console.print(f"pushed {uid} (version {version})")
+
+
 @app.command(name="settings")
 def show_settings() -> None:
     """Show every setting with its current value (secrets hidden) and its environment variable."""
