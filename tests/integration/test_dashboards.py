@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,10 @@ from typing import Any
 import pytest
 
 from dashboards.build import GENERATED, build_all, render
-from streams.broker import free_port
-from streams.settings import Settings
-from tests.integration import test_prometheus_scrape
-from tests.integration.test_run_against_broker import GUARDSTREAM, env_for, get_json, wait_until
+from tests.integration.conftest import ScrapedPipeline, prom_query
+from tests.integration.test_run_against_broker import GUARDSTREAM, wait_until
 
 pytestmark = pytest.mark.integration
-prometheus = test_prometheus_scrape.prometheus  # the fixture: a real Prometheus with guardstream's rules
-prom_query = test_prometheus_scrape.prom_query
 
 # What Grafana would substitute; "All" on a label variable is allValue ".*".
 VARIABLES = {
@@ -113,77 +108,32 @@ def test_dashboards_are_well_formed() -> None:
                     assert name.startswith("__") or name in variables, f"{p['title']}: ${name} is not defined"
 
 
-def test_every_panel_query_returns_data_from_a_running_pipeline(
-    settings: Settings, prometheus: Any, tmp_path: Path
-) -> None:
-    start_prometheus, _ = prometheus
-    env = env_for(settings)
-    web_port = free_port()
-    worker = subprocess.Popen([*GUARDSTREAM, "run", "--web-port", str(web_port)], env=env)
+def test_every_panel_query_returns_data_from_a_running_pipeline(scraped_pipeline: ScrapedPipeline) -> None:
+    base, env = scraped_pipeline.prometheus, scraped_pipeline.env
+    # Precision is only exported once an analyst has judged an alert, as it would be in production.
+    picked = subprocess.run(
+        [*GUARDSTREAM, "sql", "SELECT alert_id FROM alerts LIMIT 1", "-f", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert picked.returncode == 0, picked.stderr
+    rows = json.loads(picked.stdout)
+    assert rows, "the simulator raised no alert"
+    judged = subprocess.run(
+        [*GUARDSTREAM, "verdict", rows[0]["alert_id"], "confirmed"], env=env, capture_output=True, text=True
+    )
+    assert judged.returncode == 0, judged.stderr
+
+    queries = panel_queries()
+    assert len(queries) >= 40
+    empty: list[str] = []
+
+    def every_panel_has_data() -> bool:
+        empty[:] = [f"{uid} / {title}: {expr}" for uid, title, expr in queries if not prom_query(base, expr)]
+        return not empty
+
     try:
-        url = f"http://127.0.0.1:{web_port}"
-        wait_until(lambda: get_json(url + "/status")["partitions"], 90, "the worker")
-        base = start_prometheus(f"127.0.0.1:{web_port}")
-        offsets_file = tmp_path / "offsets.json"
-        sim = subprocess.run(
-            [
-                *GUARDSTREAM,
-                "simulate",
-                "--users",
-                "120",
-                "--days",
-                "2",
-                "--seed",
-                "8",
-                "--bad-events",
-                "20",
-                "--labels",
-                str(tmp_path / "labels.jsonl"),
-                "--offsets-file",
-                str(offsets_file),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert sim.returncode == 0, sim.stderr
-        targets = {int(p): o for p, o in json.loads(offsets_file.read_text()).items()}
-
-        def caught_up() -> bool:
-            parts = get_json(url + "/status")["partitions"]
-            return bool(sum(parts.get(str(p), {}).get("next_offset", 0) for p in targets) >= sum(targets.values()))
-
-        wait_until(caught_up, 180, "the pipeline to commit every message")
-
-        # Precision is only exported once an analyst has judged an alert, as it would be in production.
-        picked = subprocess.run(
-            [*GUARDSTREAM, "sql", "SELECT alert_id FROM alerts LIMIT 1", "-f", "json"],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert picked.returncode == 0, picked.stderr
-        rows = json.loads(picked.stdout)
-        assert rows, "the simulator raised no alert"
-        judged = subprocess.run(
-            [*GUARDSTREAM, "verdict", rows[0]["alert_id"], "confirmed"], env=env, capture_output=True, text=True
-        )
-        assert judged.returncode == 0, judged.stderr
-
-        wait_until(lambda: prom_query(base, 'up{job="guardstream"}'), 30, "prometheus to scrape the pipeline")
-
-        queries = panel_queries()
-        assert len(queries) >= 40
-        empty: list[str] = []
-
-        def every_panel_has_data() -> bool:
-            empty[:] = [f"{uid} / {title}: {expr}" for uid, title, expr in queries if not prom_query(base, expr)]
-            return not empty
-
-        try:
-            wait_until(every_panel_has_data, 60, "every panel query to return data")
-        except AssertionError as exc:
-            raise AssertionError("panel queries without data:\n" + "\n".join(empty)) from exc
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
+        wait_until(every_panel_has_data, 60, "every panel query to return data")
+    except AssertionError as exc:
+        raise AssertionError("panel queries without data:\n" + "\n".join(empty)) from exc
