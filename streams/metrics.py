@@ -31,6 +31,23 @@ CHANGES = ("opened", "updated", "escalated", "resolved", "reopened")
 CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")  # aiohttp sets the charset itself
 
 
+# Every safety metric: (name, the mapping's signal behind its nist_measure, where its ai600_risk comes from).
+# docs/nist-mapping.md is generated from this table and the mapping file (`python -m streams.nist`).
+SAFETY_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("guardstream_pipeline_decisions_total", "decisions", "the decision's peak category"),
+    ("guardstream_safety_category_decisions_total", "decisions / hugging / blocks by outcome", "the category"),
+    ("guardstream_detector_alerts_total", "the detector", "the detector's fixed risk, else the alert's category"),
+    ("guardstream_detector_alert_changes_total", "the detector", "the detector's fixed risk, else the category"),
+    ("guardstream_detector_open_alerts", "the detector", "the detector's fixed risk, else the alert's category"),
+    ("guardstream_detector_top_hugging_index", "boundary_hugging", "boundary_hugging's fixed risk"),
+    ("guardstream_detector_verdicts", "verdicts", "the detector's fixed risk, else the alert's category"),
+    ("guardstream_detector_precision_ratio", "verdicts", "the detector's fixed risk, else the alert's category"),
+    ("guardstream_judge_disagreement_ratio", "judge_disagreement", "judge_disagreement's fixed risk"),
+    ("guardstream_judge_judged_decisions", "judge_disagreement", "judge_disagreement's fixed risk"),
+    ("guardstream_ingest_dead_letters_total", "dead_letters", "dead_letters' fixed risk"),
+)
+
+
 class BoundedValues:
     """Admits at most ``limit`` distinct free-form label values (categories, guardrail names): past that,
     new values are reported as ``other`` so a misbehaving producer cannot explode the series count."""
@@ -70,7 +87,7 @@ class Metrics:
         self.decisions = PromCounter(
             "guardstream_pipeline_decisions_total",
             "Decisions processed (new, not duplicates), by verdict",
-            ["stage", "guardrail", "decision", "nist_measure"],
+            ["stage", "guardrail", "decision", "nist_measure", "ai600_risk"],
             registry=r,
         )
         self.category_decisions = PromCounter(
@@ -89,13 +106,13 @@ class Metrics:
         self.alert_changes = PromCounter(
             "guardstream_detector_alert_changes_total",
             "Alert lifecycle changes published: opened, updated, escalated, resolved, reopened",
-            ["detector", "change"],
+            ["detector", "change", "nist_measure", "ai600_risk"],
             registry=r,
         )
         self.dead_letters = PromCounter(
             "guardstream_ingest_dead_letters_total",
             "Messages sent to the dead-letter topic, by reason",
-            ["reason", "nist_measure"],
+            ["reason", "nist_measure", "ai600_risk"],
             registry=r,
         )
         self.duplicates = PromCounter(
@@ -137,38 +154,38 @@ class Metrics:
             "guardstream_judge_disagreement_ratio",
             "Share of judged decisions the LLM judge called unsafe although the guardrail allowed them, per "
             "guardrail, over the partitions this worker holds (how good the guardrail is as a measurement)",
-            ["guardrail", "nist_measure"],
+            ["guardrail", "nist_measure", "ai600_risk"],
             registry=r,
         )
         self.judge_judged = Gauge(
             "guardstream_judge_judged_decisions",
             "Judged decisions behind guardstream_judge_disagreement_ratio, per guardrail",
-            ["guardrail"],
+            ["guardrail", "nist_measure", "ai600_risk"],
             registry=r,
         )
         self.top_hugging = Gauge(
             "guardstream_detector_top_hugging_index",
             "Hugging index of the open boundary-hugging alerts, by rank slot (1 = highest). A fixed set of "
             "series: who holds a slot is in /status and the alerts table, never in a label",
-            ["rank"],
+            ["rank", "nist_measure", "ai600_risk"],
             registry=r,
         )
         self.open_alerts = Gauge(
             "guardstream_detector_open_alerts",
             "Alerts currently open, by detector and severity",
-            ["detector", "severity"],
+            ["detector", "severity", "nist_measure", "ai600_risk"],
             registry=r,
         )
         self.verdicts = Gauge(
             "guardstream_detector_verdicts",
             "Alerts with an analyst's verdict (confirmed or false_positive), by detector",
-            ["detector", "verdict", "nist_measure"],
+            ["detector", "verdict", "nist_measure", "ai600_risk"],
             registry=r,
         )
         self.precision = Gauge(
             "guardstream_detector_precision_ratio",
             "Confirmed / (confirmed + false positive) among alerts analysts judged, by detector",
-            ["detector", "nist_measure"],
+            ["detector", "nist_measure", "ai600_risk"],
             registry=r,
         )
         self.tracked_users = Gauge(
@@ -177,26 +194,32 @@ class Metrics:
         from streams import __version__
 
         self.build_info.labels(__version__, self.mapping.version).set(1)
+        self._open_alert_labels: set[tuple[str, str, str, str]] = set()
         self._precreate()
 
     def _precreate(self) -> None:
         m = self.mapping
+        top = (m.measure("boundary_hugging"), m.signal_risk("boundary_hugging", None))
         for rank in range(1, TOP_K + 1):
-            self.top_hugging.labels(str(rank)).set(0)
+            self.top_hugging.labels(str(rank), *top).set(0)
         for code in REJECTION_CODES:
-            self.dead_letters.labels(code, m.measure("dead_letters"))
+            self.dead_letters.labels(code, m.measure("dead_letters"), m.signal_risk("dead_letters", None))
         for detector in DETECTOR_NAMES:
+            risk = m.signal_risk(detector, None)
             for severity in SEVERITIES:
-                self.alerts.labels(detector, severity, m.measure(detector), m.signal_risk(detector, None))
+                self.alerts.labels(detector, severity, m.measure(detector), risk)
+                self._open_alert_labels.add((detector, severity, m.measure(detector), risk))
             for change in CHANGES:
-                self.alert_changes.labels(detector, change)
-            for severity in SEVERITIES:
-                self.open_alerts.labels(detector, severity).set(0)
+                self.alert_changes.labels(detector, change, m.measure(detector), risk)
+        for labels in self._open_alert_labels:
+            self.open_alerts.labels(*labels).set(0)
 
-    def observe_decisions(self, counts: Counter[tuple[str, str, str]]) -> None:
-        measure = self.mapping.measure("decisions")
-        for (stage, guardrail, decision), n in counts.items():
-            self.decisions.labels(stage, self.guardrail(guardrail), decision, measure).inc(n)
+    def observe_decisions(self, counts: Counter[tuple[str, str, str, str | None]]) -> None:
+        """Counts by (stage, guardrail, decision, peak category): the risk is the peak category's."""
+        m = self.mapping
+        measure = m.measure("decisions")
+        for (stage, guardrail, decision, peak_category), n in counts.items():
+            self.decisions.labels(stage, self.guardrail(guardrail), decision, measure, m.risk(peak_category)).inc(n)
 
     def observe_categories(self, counts: Counter[tuple[str, str, str]]) -> None:
         m = self.mapping
@@ -207,52 +230,64 @@ class Metrics:
 
     def observe_alert_change(self, change: str, detector: str, severity: str, category: str | None) -> None:
         m = self.mapping
+        measure, risk = m.measure(detector), m.signal_risk(detector, category)
         if change in ("opened", "reopened"):
-            self.alerts.labels(detector, severity, m.measure(detector), m.signal_risk(detector, category)).inc()
-        self.alert_changes.labels(detector, change).inc()
+            self.alerts.labels(detector, severity, measure, risk).inc()
+        self.alert_changes.labels(detector, change, measure, risk).inc()
 
     def observe_dead_letter(self, code: str) -> None:
-        self.dead_letters.labels(code, self.mapping.measure("dead_letters")).inc()
+        m = self.mapping
+        self.dead_letters.labels(code, m.measure("dead_letters"), m.signal_risk("dead_letters", None)).inc()
 
     def observe_open_alerts(self, alerts: Iterable[AlertState]) -> list[AlertState]:
         """Open-alert counts and the top-K hugging slots; returns the top-K for /status."""
-        counts: Counter[tuple[str, str]] = Counter()
+        m = self.mapping
+        counts: Counter[tuple[str, str, str, str]] = Counter()
         heap: list[tuple[float, str, AlertState]] = []  # the K largest so far, smallest on top: O(K) memory
         for alert in alerts:
             if alert.status != "open":
                 continue
-            counts[(alert.detector, alert.severity)] += 1
-            if alert.detector == "boundary_hugging":
+            detector = alert.detector
+            counts[(detector, alert.severity, m.measure(detector), m.signal_risk(detector, alert.category))] += 1
+            if detector == "boundary_hugging":
                 item = (alert.score, alert.alert_id, alert)
                 if len(heap) < TOP_K:
                     heapq.heappush(heap, item)
                 elif item[:2] > heap[0][:2]:
                     heapq.heapreplace(heap, item)
-        for detector in DETECTOR_NAMES:
-            for severity in SEVERITIES:
-                self.open_alerts.labels(detector, severity).set(counts.get((detector, severity), 0))
+        self._open_alert_labels.update(counts)
+        for labels in self._open_alert_labels:  # a label set that had alerts goes back to 0, not stale
+            self.open_alerts.labels(*labels).set(counts.get(labels, 0))
         top = [a for _score, _id, a in sorted(heap, key=lambda i: i[:2], reverse=True)]
+        top_labels = (m.measure("boundary_hugging"), m.signal_risk("boundary_hugging", None))
         for rank in range(1, TOP_K + 1):
-            self.top_hugging.labels(str(rank)).set(top[rank - 1].score if rank <= len(top) else 0)
+            self.top_hugging.labels(str(rank), *top_labels).set(top[rank - 1].score if rank <= len(top) else 0)
         return top
 
-    def observe_verdicts(self, counts: dict[tuple[str, str], int]) -> None:
-        measure = self.mapping.measure("verdicts")
-        for detector in {d for d, _v in counts} | set(DETECTOR_NAMES):
-            confirmed = counts.get((detector, "confirmed"), 0)
-            false_positive = counts.get((detector, "false_positive"), 0)
-            self.verdicts.labels(detector, "confirmed", measure).set(confirmed)
-            self.verdicts.labels(detector, "false_positive", measure).set(false_positive)
+    def observe_verdicts(self, counts: dict[tuple[str, str, str | None], int]) -> None:
+        """Counts by (detector, verdict, category) of the alerts analysts judged."""
+        m = self.mapping
+        measure = m.measure("verdicts")
+        totals: Counter[tuple[str, str, str]] = Counter()
+        for (detector, verdict, category), n in counts.items():
+            totals[(detector, verdict, m.signal_risk(detector, category))] += n
+        keys = {(d, r) for d, _v, r in totals} | {(d, m.signal_risk(d, None)) for d in DETECTOR_NAMES}
+        for detector, risk in keys:
+            confirmed = totals.get((detector, "confirmed", risk), 0)
+            false_positive = totals.get((detector, "false_positive", risk), 0)
+            self.verdicts.labels(detector, "confirmed", measure, risk).set(confirmed)
+            self.verdicts.labels(detector, "false_positive", measure, risk).set(false_positive)
             if confirmed + false_positive:
-                self.precision.labels(detector, measure).set(confirmed / (confirmed + false_positive))
+                self.precision.labels(detector, measure, risk).set(confirmed / (confirmed + false_positive))
 
     def observe_judge_rates(self, rates: dict[str, tuple[int, int]]) -> None:
-        measure = self.mapping.measure("judge_disagreement")
+        m = self.mapping
+        labels = (m.measure("judge_disagreement"), m.signal_risk("judge_disagreement", None))
         for guardrail, (disagreements, judged) in rates.items():
             label = self.guardrail(guardrail)
-            self.judge_judged.labels(label).set(judged)
+            self.judge_judged.labels(label, *labels).set(judged)
             if judged:
-                self.judge_disagreement.labels(label, measure).set(disagreements / judged)
+                self.judge_disagreement.labels(label, *labels).set(disagreements / judged)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

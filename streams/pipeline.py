@@ -82,7 +82,8 @@ class Outcome:
     changes: list[AlertChange] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)  # raised while committing (detector errors)
     category_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # stage, category, outcome
-    decision_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # stage, guardrail, decision
+    # stage, guardrail, decision, peak category (whose AI 600-1 risk labels the decision)
+    decision_counts: Counter[tuple[str, str, str, str | None]] = field(default_factory=Counter)
 
 
 class Pipeline:
@@ -163,7 +164,7 @@ class Pipeline:
                     )
                 day = item.ts_ms // DAY_MS
                 stage = event.stage
-                outcome.decision_counts[(stage, event.guardrail.name, event.decision)] += 1
+                outcome.decision_counts[(stage, event.guardrail.name, event.decision, item.peak_category)] += 1
                 for category, score, hug, blk in item.obs.outcomes:
                     key = (event.tenant, event.user_id, category, day)
                     agg = daily.get(key)

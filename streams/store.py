@@ -297,12 +297,13 @@ class Store:
         )
         return str(row[0])
 
-    def verdict_counts(self) -> dict[tuple[str, str], int]:
-        """(detector, verdict) -> alerts with that latest verdict."""
+    def verdict_counts(self) -> dict[tuple[str, str, str | None], int]:
+        """(detector, verdict, category) -> alerts with that latest verdict."""
         rows = self.conn.execute(
-            "SELECT a.detector, v.verdict, count(*) FROM verdicts v JOIN alerts a USING (alert_id) GROUP BY ALL"
+            "SELECT a.detector, v.verdict, a.category, count(*) FROM verdicts v JOIN alerts a USING (alert_id) "
+            "GROUP BY ALL"
         ).fetchall()
-        return {(str(d), str(v)): int(n) for d, v, n in rows}
+        return {(str(d), str(v), c): int(n) for d, v, c, n in rows}
 
     def query(self, sql: str, params: QueryParams | None = None) -> pa.Table:
         """Safe from any thread while the writer works: a separate cursor sees committed snapshots."""
