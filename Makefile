@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint schema dashboards check-generated clean
+.PHONY: demo test lint schema dashboards deploy check-generated clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,10 +30,14 @@ schema: $(STAMP)  ## regenerate the published JSON Schema of the event contract
 dashboards: $(STAMP)  ## regenerate the committed Grafana dashboard JSON from dashboards/build.py
 	$(PY) -m dashboards.build
 
+deploy: dashboards  ## regenerate the Kubernetes PrometheusRule and dashboard ConfigMaps (deploy/build.py)
+	$(PY) -m deploy.build
+
 check-generated: $(STAMP)
 	@$(VENV)/bin/guardstream schema | diff -u schema/guardrail-decision-v1.json - \
 	  || { echo "schema/guardrail-decision-v1.json is stale: run 'make schema' and commit it"; exit 1; }
 	@$(PY) -m dashboards.build --check || { echo "run 'make dashboards' and commit the result"; exit 1; }
+	@$(PY) -m deploy.build --check || { echo "run 'make deploy' and commit the result"; exit 1; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache guardstream-demo.duckdb* guardstream-demo.labels.jsonl
