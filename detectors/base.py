@@ -56,12 +56,38 @@ def peak(outcomes: list[CategoryOutcome], thresholds: dict[str, float]) -> tuple
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """One decoded decision as every detector sees it (outcomes computed once, with the engine's band)."""
+    """One decoded decision as every detector sees it (outcomes computed once, with the engine's band).
+
+    ``peak`` and ``min_margin`` are filled by :func:`observe` (the engine's one pass over the categories);
+    an Observation built by hand leaves them ``None`` and readers compute them."""
 
     event: Decision
     ts_ms: int
     outcomes: list[CategoryOutcome]
     band: float
+    peak: tuple[str | None, float] | None = None
+    min_margin: float | None = None
+
+
+def observe(event: Decision, ts_ms: int, band: float) -> Observation:
+    """Outcomes, peak and smallest margin of a decision in one pass over its categories (the hot path)."""
+    thresholds = event.thresholds
+    outcomes: list[CategoryOutcome] = []
+    best: str | None = None
+    ratio = 0.0
+    min_margin: float | None = None
+    for category, score in event.scores.items():
+        threshold = thresholds.get(category)
+        if threshold is None:
+            continue
+        margin = threshold - score
+        outcomes.append((category, score, 0.0 < margin <= band * threshold, margin <= 0.0))
+        r = score / threshold
+        if r > ratio:
+            best, ratio = category, r
+        if min_margin is None or margin < min_margin:
+            min_margin = margin
+    return Observation(event, ts_ms, outcomes, band, (best, ratio), min_margin)
 
 
 class Detector(Protocol):
@@ -75,8 +101,17 @@ class Detector(Protocol):
     def update(self, user: Any, population: Any, obs: Observation) -> list[Finding]: ...
 
 
+_policy_keys: dict[tuple[str | None, float | None], str] = {}
+
+
 def policy_key(event: Decision, category: str) -> str:
     """Baselines are kept per policy: a new ``policy_version`` or a moved threshold starts a new one,
     so a policy change is not read as every user suddenly behaving differently."""
     threshold = event.thresholds.get(category)
-    return f"{event.policy_version or '-'}|{threshold!r}"
+    memo = (event.policy_version, threshold)
+    key = _policy_keys.get(memo)
+    if key is None:  # a handful of distinct policies in practice: build each string once
+        if len(_policy_keys) >= 4096:
+            _policy_keys.clear()
+        key = _policy_keys[memo] = f"{event.policy_version or '-'}|{threshold!r}"
+    return key

@@ -131,6 +131,7 @@ class BoundaryHugging:
     def __init__(self, cfg: HuggingConfig | None = None) -> None:
         self.cfg = cfg or HuggingConfig()
         self._half_life_ms = self.cfg.half_life_days * DAY_MS
+        self._keys: dict[tuple[str, str | None, float], str] = {}  # baseline keys, built once per policy
 
     def update(self, user: HuggingUser, population: HuggingPopulation, obs: Observation) -> list[Finding]:
         """Fold one decision into the user's and the population's counters; return findings while the
@@ -145,8 +146,18 @@ class BoundaryHugging:
         near_floor = 1.0 - 3.0 * cfg.band
         baselines = population.baselines
         user_categories = user.categories
+        min_population, floor = cfg.min_population, cfg.population_floor
+        half_life_ms = self._half_life_ms
+        keys = self._keys
+        policy_version = event.policy_version
         for category, score, hugging, blocked in outcomes:
-            key = category + "|" + policy_key(event, category)
+            threshold = thresholds[category]
+            memo = (category, policy_version, threshold)
+            key = keys.get(memo)
+            if key is None:
+                if len(keys) >= 4096:
+                    keys.clear()
+                key = keys[memo] = category + "|" + policy_key(event, category)
             pop = baselines.get(key)
             if pop is None:
                 pop = baselines[key] = PopulationStats()
@@ -155,12 +166,27 @@ class BoundaryHugging:
             stats = user_categories.get(category)
             if stats is None:
                 stats = user_categories[category] = CategoryStats(first_ts=ts_ms, last_ts=ts_ms)
-            self._fold(stats, hugging, blocked, ts_ms)
-            if not hugging and not blocked and score >= near_floor * thresholds[category]:
+            # the fold, inlined (this loop runs once per category of every decision)
+            stats.decisions += 1
+            if hugging:
+                stats.hugs += 1
+                if stats.hugs == 1:
+                    stats.first_hug_ts = ts_ms
+            if blocked:
+                stats.blocks += 1
+            elapsed = ts_ms - stats.last_ts
+            decay = 0.5 ** (elapsed / half_life_ms) if elapsed > 0 else 1.0
+            stats.ewma_decisions = stats.ewma_decisions * decay + 1.0
+            stats.ewma_hugs = stats.ewma_hugs * decay + hugging
+            if ts_ms > stats.last_ts:
+                stats.last_ts = ts_ms
+            if not hugging and not blocked and score >= near_floor * threshold:
                 stats.near += 1
-            if pop.decisions < cfg.min_population:
+            if pop.decisions < min_population:
                 continue  # warm-up: the population share is not yet worth comparing against
-            p0 = population_share(pop, cfg)
+            p0 = (pop.hugs + 0.5) / (pop.decisions + 1.0)  # population_share(), inlined
+            if p0 < floor:
+                p0 = floor
             p1 = min(0.5, max(cfg.cusum_shift * p0, cfg.cusum_min_alternative))
             if p1 > p0:
                 llr = math.log(p1 / p0) if hugging else math.log((1.0 - p1) / (1.0 - p0))
@@ -171,18 +197,6 @@ class BoundaryHugging:
             if finding is not None:
                 findings.append(finding)
         return findings
-
-    def _fold(self, stats: CategoryStats, hugging: bool, blocked: bool, ts_ms: int) -> None:
-        stats.decisions += 1
-        stats.hugs += hugging
-        stats.blocks += blocked
-        if hugging and stats.hugs == 1:
-            stats.first_hug_ts = ts_ms
-        elapsed = ts_ms - stats.last_ts
-        decay = 0.5 ** (elapsed / self._half_life_ms) if elapsed > 0 else 1.0
-        stats.ewma_decisions = stats.ewma_decisions * decay + 1.0
-        stats.ewma_hugs = stats.ewma_hugs * decay + hugging
-        stats.last_ts = max(stats.last_ts, ts_ms)
 
     def _decide(self, event: Decision, category: str, stats: CategoryStats, p0: float, ts_ms: int) -> Finding | None:
         cfg = self.cfg

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from detectors.alerts import AlertBook, AlertChange, AlertPolicy, AlertState
-from detectors.base import Detector, Observation, category_outcomes
+from detectors.base import Detector, Observation, observe
 from detectors.events import Decision
 
 UserKey = tuple[str, str]  # (tenant, user_id)
@@ -104,7 +104,7 @@ class Engine:
 
     # -- the stream ----------------------------------------------------------------------------------
     def observe(self, event: Decision, ts_ms: int) -> Observation:
-        return Observation(event, ts_ms, category_outcomes(event, self.band), self.band)
+        return observe(event, ts_ms, self.band)
 
     def process(self, partition: int, obs: Observation) -> list[AlertChange]:
         state = self.partitions.get(partition)

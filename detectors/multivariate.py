@@ -195,7 +195,7 @@ def fold(c: ProfileCounters, obs: Observation, band: float) -> None:
     blocked = any(o[3] for o in obs.outcomes)
     c.blocks += blocked
     c.hugs += any(o[2] for o in obs.outcomes)
-    peak_category, peak_ratio = peak(obs.outcomes, event.thresholds)
+    peak_category, peak_ratio = obs.peak if obs.peak is not None else peak(obs.outcomes, event.thresholds)
     c.peak_ratio_sum += peak_ratio
     if 1.0 - 3.0 * band <= peak_ratio < 1.0 - band:
         c.near += 1

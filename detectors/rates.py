@@ -163,6 +163,8 @@ class CategoryRateAnomaly:
     def __init__(self, cfg: RateConfig | None = None) -> None:
         self.cfg = cfg or RateConfig()
         self._decay = 0.5 ** (1.0 / self.cfg.half_life_days)
+        # (stage, category, policy_version, threshold) -> (policy, baseline key, window key): built once
+        self._keys: dict[tuple[str, str, str | None, float], tuple[str, str, str]] = {}
 
     def update(self, user: RateUser, population: RatePopulation, obs: Observation) -> list[Finding]:
         """Fold one decision into the user's daily buckets and the population baselines; return a finding
@@ -190,13 +192,20 @@ class CategoryRateAnomaly:
         baselines = population.baselines
         windows = user.windows
         thresholds = event.thresholds
+        keys = self._keys
         for category, score in event.scores.items():
             threshold = thresholds.get(category)
             if threshold is None:
                 continue
             blocked = score >= threshold
-            policy = policy_key(event, category)
-            key = f"{stage}|{category}|{policy}"
+            memo = (stage, category, event.policy_version, threshold)
+            cached = keys.get(memo)
+            if cached is None:
+                if len(keys) >= 4096:
+                    keys.clear()
+                policy = policy_key(event, category)
+                cached = keys[memo] = (policy, f"{stage}|{category}|{policy}", f"{stage}|{category}")
+            policy, key, window_key = cached
             pop = baselines.get(key)
             if pop is None:
                 if len(baselines) >= cfg.max_baselines:
@@ -205,7 +214,6 @@ class CategoryRateAnomaly:
             pop.decisions += 1
             pop.blocks += blocked
             pop.last_ts = max(pop.last_ts, ts_ms)
-            window_key = f"{stage}|{category}"
             window = windows.get(window_key)
             if window is not None and window.policy != policy:
                 # Blocks under another threshold say nothing about blocks under this one: start again.

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from itertools import accumulate, chain
 
 import msgspec
 import orjson
 import pyarrow as pa
+from msgspec.structs import astuple
 
 from detectors.alerts import AlertChange, AlertState
-from detectors.base import Observation, peak
+from detectors.base import Observation
 from detectors.engine import Engine
 from detectors.events import Decision, Rejection, decode
 from streams.store import Checkpoint, Store
@@ -118,6 +121,8 @@ class Pipeline:
     def prepare(self, messages: list[Message]) -> Prepared:
         out = Prepared()
         seen: set[str] = set()
+        accepted = out.accepted
+        observe = self.engine.observe
         for msg in messages:
             if msg.partition not in self.assigned:
                 out.not_assigned += 1
@@ -133,11 +138,12 @@ class Pipeline:
             if result.event_id in seen:
                 continue  # a duplicate inside one batch; counted with the stored duplicates below
             seen.add(result.event_id)
-            obs = self.engine.observe(result, int(result.ts.timestamp() * 1000))
-            hugging = [o[0] for o in obs.outcomes if o[2]]
-            blocked = [o[0] for o in obs.outcomes if o[3]]
-            peak_category, peak_ratio = peak(obs.outcomes, result.thresholds)
-            out.accepted.append(Accepted(msg, obs, hugging, blocked, peak_category, peak_ratio))
+            obs = observe(result, int(result.ts.timestamp() * 1000))
+            outcomes = obs.outcomes
+            hugging = [o[0] for o in outcomes if o[2]]
+            blocked = [o[0] for o in outcomes if o[3]]
+            peak_category, peak_ratio = obs.peak or (None, 0.0)
+            accepted.append(Accepted(msg, obs, hugging, blocked, peak_category, peak_ratio))
         return out
 
     def commit(self, prepared: Prepared) -> Outcome:
@@ -201,49 +207,59 @@ class Pipeline:
 
     @staticmethod
     def _decisions_table(accepted: list[Accepted]) -> pa.Table:
+        """Column by column from the decoded structs: one C-level tuple per event, transposed with zip,
+        and the score/threshold maps built from flat arrays (a Python dict per row is 10x slower)."""
+        n = len(accepted)
+        events = [a.obs.event for a in accepted]
+        columns = dict(zip(DECISION_FIELDS, zip(*map(astuple, events), strict=True), strict=True))
+        guardrails = columns["guardrail"]
+        judges = columns["judge"]
         now = datetime.now(UTC)
-        events = [a.event for a in accepted]
         return pa.table(
             {
-                "event_id": [e.event_id for e in events],
-                "ts": pa.array([a.ts_ms for a in accepted], TS_MS),
-                "tenant": [e.tenant for e in events],
-                "user_id": [e.user_id for e in events],
-                "session_id": pa.array([e.session_id for e in events], pa.string()),
-                "turn": pa.array([e.turn for e in events], pa.int32()),
-                "request_id": pa.array([e.request_id for e in events], pa.string()),
-                "stage": [e.stage for e in events],
-                "guardrail": [e.guardrail.name for e in events],
-                "guardrail_version": [e.guardrail.version for e in events],
-                "policy_version": pa.array([e.policy_version for e in events], pa.string()),
-                "decision": [e.decision for e in events],
-                "categories": pa.array([e.categories for e in events], pa.list_(pa.string())),
-                "scores": pa.array([list(e.scores.items()) for e in events], SCORE_MAP),
-                "thresholds": pa.array([list(e.thresholds.items()) for e in events], SCORE_MAP),
-                "max_score": pa.array([max(e.scores.values(), default=None) for e in events], pa.float64()),
-                "min_margin": pa.array(
-                    [
-                        min((e.thresholds[c] - s for c, s in e.scores.items() if c in e.thresholds), default=None)
-                        for e in events
-                    ],
-                    pa.float64(),
-                ),
+                "event_id": pa.array(columns["event_id"], pa.string()),
+                "ts": pa.array([a.obs.ts_ms for a in accepted], TS_MS),
+                "tenant": pa.array(columns["tenant"], pa.string()),
+                "user_id": pa.array(columns["user_id"], pa.string()),
+                "session_id": pa.array(columns["session_id"], pa.string()),
+                "turn": pa.array(columns["turn"], pa.int32()),
+                "request_id": pa.array(columns["request_id"], pa.string()),
+                "stage": pa.array(columns["stage"], pa.string()),
+                "guardrail": pa.array([g.name for g in guardrails], pa.string()),
+                "guardrail_version": pa.array([g.version for g in guardrails], pa.string()),
+                "policy_version": pa.array(columns["policy_version"], pa.string()),
+                "decision": pa.array(columns["decision"], pa.string()),
+                "categories": pa.array(columns["categories"], pa.list_(pa.string())),
+                "scores": _score_map(columns["scores"]),
+                "thresholds": _score_map(columns["thresholds"]),
+                "max_score": pa.array([max(m.values(), default=None) for m in columns["scores"]], pa.float64()),
+                "min_margin": pa.array([a.obs.min_margin for a in accepted], pa.float64()),
                 "peak_ratio": pa.array([a.peak_ratio for a in accepted], pa.float64()),
                 "peak_category": pa.array([a.peak_category for a in accepted], pa.string()),
                 "hugging_categories": pa.array([a.hugging for a in accepted], pa.list_(pa.string())),
                 "blocked_categories": pa.array([a.blocked for a in accepted], pa.list_(pa.string())),
-                "judge_name": pa.array([e.judge.name if e.judge else None for e in events], pa.string()),
-                "judge_verdict": pa.array([e.judge.verdict if e.judge else None for e in events], pa.string()),
-                "judge_score": pa.array([e.judge.score if e.judge else None for e in events], pa.float64()),
-                "model": pa.array([e.model for e in events], pa.string()),
-                "latency_ms": pa.array([e.latency_ms for e in events], pa.float64()),
-                "input_chars": pa.array([e.input_chars for e in events], pa.int64()),
-                "output_chars": pa.array([e.output_chars for e in events], pa.int64()),
+                "judge_name": pa.array([j.name if j else None for j in judges], pa.string()),
+                "judge_verdict": pa.array([j.verdict if j else None for j in judges], pa.string()),
+                "judge_score": pa.array([j.score if j else None for j in judges], pa.float64()),
+                "model": pa.array(columns["model"], pa.string()),
+                "latency_ms": pa.array(columns["latency_ms"], pa.float64()),
+                "input_chars": pa.array(columns["input_chars"], pa.int64()),
+                "output_chars": pa.array(columns["output_chars"], pa.int64()),
                 "kafka_partition": pa.array([a.message.partition for a in accepted], pa.int32()),
                 "kafka_offset": pa.array([a.message.offset for a in accepted], pa.int64()),
-                "ingested_at": pa.array([now] * len(accepted), pa.timestamp("us", tz="UTC")),
+                "ingested_at": pa.repeat(pa.scalar(now, pa.timestamp("us", tz="UTC")), n),
             }
         )
+
+
+DECISION_FIELDS = Decision.__struct_fields__
+
+
+def _score_map(maps: Sequence[dict[str, float]]) -> pa.MapArray:
+    offsets = [0, *accumulate(map(len, maps))]
+    keys = pa.array(list(chain.from_iterable(maps)), pa.string())
+    values = pa.array(list(chain.from_iterable(m.values() for m in maps)), pa.float64())
+    return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), keys, values, type=SCORE_MAP)
 
 
 def _daily_table(daily: dict[tuple[str, str, str, int], list[float]]) -> pa.Table | None:
