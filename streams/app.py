@@ -20,8 +20,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import faust
 import orjson
@@ -31,7 +32,7 @@ from detectors.judge import JudgeDisagreement, disagreement_rates
 from streams import __version__
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.nist import load_mapping
-from streams.pipeline import DeadLetter, Message, Outcome, Pipeline
+from streams.pipeline import DeadLetter, Message, Outcome, Pipeline, Prepared
 from streams.settings import Settings
 from streams.store import QueryRefused, Store, parse_query_body
 
@@ -65,6 +66,23 @@ def faust_broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+def fail_hard(what: str) -> NoReturn:
+    # Faust would ack the batch and carry on: that silently loses it. Stop hard instead; the store's
+    # offsets make the restart resume exactly after the last committed batch.
+    log.critical("%s; exiting so nothing is acked", what, exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_PIPELINE_FAILURE)
+
+
+@dataclass(slots=True)
+class Batch:
+    events: list[Any]
+    stream: Any
+    messages: list[Message]
+    prepared: Prepared
+    started: float
+
+
 class Service:
     """Owns the store, the pipeline and the metrics for one worker process."""
 
@@ -82,42 +100,70 @@ class Service:
         self.top_huggers: list[dict[str, Any]] = []
         # DuckDB refuses concurrent calls on one connection: every writer call goes through this one thread.
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardstream-db")
+        self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_thread, functools.partial(fn, *args))
 
     # -- the hot path -------------------------------------------------------------------------------
-    async def handle(self, events: list[Any], stream: Any) -> None:
-        assert self.app is not None
-        async with self.lock:
-            started = time.perf_counter()
-            if self.first_batch_at is None:
-                self.first_batch_at = time.time()
-            messages = [
-                Message(
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.key,
-                    e.message.value,
-                    int((e.message.timestamp or 0) * 1000),
-                )
-                for e in events
-            ]
-            unassigned = {m.partition for m in messages} - self.pipeline.assigned
-            if unassigned:
+    # Two stages, so decoding the next batch overlaps with committing this one: the agent decodes and
+    # checks a batch (``stage``) on the event loop and queues it; the committer runs the detectors and the
+    # DuckDB transaction on the DB thread, then publishes and acks. The queue is short, so a slow store
+    # holds the agent back instead of piling batches up in memory.
+    async def stage(self, events: list[Any], stream: Any) -> None:
+        started = time.perf_counter()
+        if self.first_batch_at is None:
+            self.first_batch_at = time.time()
+        messages = [
+            Message(
+                e.message.partition,
+                e.message.offset,
+                e.message.key,
+                e.message.value,
+                int((e.message.timestamp or 0) * 1000),
+            )
+            for e in events
+        ]
+        unassigned = {m.partition for m in messages} - self.pipeline.assigned
+        if unassigned:
+            async with self.lock:
                 await self.db(self.pipeline.assign, unassigned)
-            prepared = self.pipeline.prepare(messages)
-            if prepared.dead_letters:
-                await self.publish_dead_letters(prepared.dead_letters)
-            outcome = await self.db(self.pipeline.commit, prepared)
-            committed_at = time.time()
-            if outcome.dead_letters:
-                await self.publish_dead_letters(outcome.dead_letters)
-            if outcome.changes:
-                await self.publish_outbox()
-            for event in events:
-                await stream.ack(event)
-            self.record(messages, prepared.dead_letters, outcome, started, committed_at)
+        prepared = self.pipeline.prepare(messages)
+        await self.batches.put(Batch(events, stream, messages, prepared, started))
+
+    async def commit_batches(self) -> None:
+        """The committer: one batch at a time, in order. Any failure ends the process (nothing is acked)."""
+        while True:
+            batch = await self.batches.get()
+            try:
+                async with self.lock:
+                    await self.handle(batch)
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                fail_hard("batch processing failed")
+            finally:
+                self.batches.task_done()
+
+    async def drain(self) -> None:
+        """Wait until every queued batch is committed (before partitions move)."""
+        await self.batches.join()
+
+    async def handle(self, batch: Batch) -> None:
+        assert self.app is not None
+        prepared = batch.prepared
+        if prepared.dead_letters:
+            await self.publish_dead_letters(prepared.dead_letters)
+        outcome = await self.db(self.pipeline.commit, prepared)
+        committed_at = time.time()
+        if outcome.dead_letters:
+            await self.publish_dead_letters(outcome.dead_letters)
+        if outcome.changes:
+            await self.publish_outbox()
+        ack = batch.stream.ack
+        for event in batch.events:
+            await ack(event)
+        self.record(batch.messages, prepared.dead_letters, outcome, batch.started, committed_at)
 
     def record(
         self, messages: list[Message], rejected: list[DeadLetter], outcome: Outcome, started: float, committed_at: float
@@ -307,20 +353,21 @@ def create_app(settings: Settings, service: Service) -> faust.App:
     async def process(stream: Any) -> None:
         async for batch in stream.noack_take(settings.batch_max_events, within=settings.batch_max_seconds):
             try:
-                await service.handle(batch, stream)
+                await service.stage(batch, stream)
             except asyncio.CancelledError:
                 raise
             except BaseException:
-                # Faust would ack the batch and carry on: that silently loses it. Stop hard instead; the
-                # store's offsets make the restart resume exactly after the last committed batch.
-                log.critical("batch processing failed; exiting so nothing is acked", exc_info=True)
-                logging.shutdown()
-                os._exit(EXIT_PIPELINE_FAILURE)
+                fail_hard("decoding a batch failed")
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def committer() -> None:
+        await service.commit_batches()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's signal type omits async handlers
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == settings.decisions_topic}
         if partitions:
+            await service.drain()  # batches already decoded still belong to this worker: commit them
             async with service.lock:
                 service.pipeline.revoke(partitions)
 

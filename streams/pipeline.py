@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from itertools import accumulate, chain
 
 import msgspec
@@ -152,14 +152,16 @@ class Pipeline:
         store = self.store
         store.begin()
         try:
-            new_ids = store.insert_decisions(self._decisions_table(prepared.accepted)) if prepared.accepted else set()
-            daily: dict[tuple[str, str, str, int], list[float]] = {}
+            decisions = self._decisions_table(prepared.accepted) if prepared.accepted else None
+            new_ids = store.insert_decisions(decisions) if decisions is not None else set()
+            new_in_order: list[str] = []
             for item in prepared.accepted:
-                event = item.event
+                event = item.obs.event
                 if event.event_id not in new_ids:
                     outcome.duplicates += 1
                     continue
                 new_ids.discard(event.event_id)  # a second copy in this batch is a duplicate too
+                new_in_order.append(event.event_id)
                 outcome.new.append(item)
                 try:
                     outcome.changes.extend(self.engine.process(item.message.partition, item.obs))
@@ -168,28 +170,16 @@ class Pipeline:
                     outcome.dead_letters.append(
                         DeadLetter(item.message, "detector_error", f"{type(exc).__name__}: {exc}", event.event_id)
                     )
-                day = item.ts_ms // DAY_MS
-                stage = event.stage
-                outcome.decision_counts[(stage, event.guardrail.name, event.decision, item.peak_category)] += 1
-                for category, score, hug, blk in item.obs.outcomes:
-                    key = (event.tenant, event.user_id, category, day)
-                    agg = daily.get(key)
-                    if agg is None:
-                        agg = daily[key] = [0, 0, 0, 0.0]
-                    agg[0] += 1
-                    agg[1] += blk
-                    agg[2] += hug
-                    agg[3] += score
-                    outcome.category_counts[
-                        (stage, category, "blocked" if blk else "hugging" if hug else "allowed")
-                    ] += 1
+                outcome.decision_counts[(event.stage, event.guardrail.name, event.decision, item.peak_category)] += 1
+            if decisions is not None and new_in_order:
+                for stage, category, result, n in store.add_daily(decisions, new_in_order):
+                    outcome.category_counts[(stage, category, result)] += n
             outcome.changes.extend(self.engine.sweep())
             dirty = self.engine.take_dirty()
             watermarks = {p: s.watermark_ms for p, s in self.engine.partitions.items()}
             store.finish(
                 Checkpoint(
                     topic=self.topic,
-                    daily=_daily_table(daily),
                     alerts=_alerts_table(dirty.alerts),
                     alert_changes=_changes_table(outcome.changes),
                     dead_letters=_dead_letters_table(self.topic, prepared.dead_letters + outcome.dead_letters),
@@ -260,25 +250,6 @@ def _score_map(maps: Sequence[dict[str, float]]) -> pa.MapArray:
     keys = pa.array(list(chain.from_iterable(maps)), pa.string())
     values = pa.array(list(chain.from_iterable(m.values() for m in maps)), pa.float64())
     return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), keys, values, type=SCORE_MAP)
-
-
-def _daily_table(daily: dict[tuple[str, str, str, int], list[float]]) -> pa.Table | None:
-    if not daily:
-        return None
-    keys = list(daily)
-    values = list(daily.values())
-    return pa.table(
-        {
-            "tenant": [k[0] for k in keys],
-            "user_id": [k[1] for k in keys],
-            "category": [k[2] for k in keys],
-            "day": pa.array([date.fromordinal(719163 + k[3]) for k in keys], pa.date32()),
-            "decisions": pa.array([int(v[0]) for v in values], pa.int64()),
-            "blocks": pa.array([int(v[1]) for v in values], pa.int64()),
-            "hugs": pa.array([int(v[2]) for v in values], pa.int64()),
-            "score_sum": pa.array([v[3] for v in values], pa.float64()),
-        }
-    )
 
 
 def _alert_state(row: dict[str, object]) -> AlertState:

@@ -132,12 +132,26 @@ def run_read_only(conn: duckdb.DuckDBPyConnection, sql: str, params: QueryParams
     return result
 
 
+# One row per (new decision, category with a score and a threshold): the per-category outcome that the
+# daily aggregates and the category metrics count. hugging_categories / blocked_categories were decided
+# by the detectors' band in Python; this only unnests them.
+DAILY_OUTCOMES_SQL = """
+CREATE TEMP TABLE batch_outcomes AS
+SELECT tenant, user_id, stage, e.key AS category, e.value AS score,
+       DATE '1970-01-01' + CAST(epoch_ms(ts) // 86400000 AS INTEGER) AS day,
+       CASE WHEN list_contains(blocked_categories, e.key) THEN 'blocked'
+            WHEN list_contains(hugging_categories, e.key) THEN 'hugging'
+            ELSE 'allowed' END AS outcome
+FROM (SELECT *, unnest(map_entries(scores)) AS e FROM decisions_batch WHERE event_id IN (SELECT unnest($1)))
+WHERE map_contains(thresholds, e.key)
+"""
+
+
 @dataclass(slots=True)
 class Checkpoint:
     """Everything one batch changes, written atomically: data, state and the offsets it covers."""
 
     topic: str
-    daily: pa.Table | None = None
     alerts: pa.Table | None = None
     alert_changes: pa.Table | None = None
     dead_letters: pa.Table | None = None
@@ -210,18 +224,33 @@ class Store:
             self.conn.unregister("decisions_batch")
         return {r[0] for r in rows}
 
-    def finish(self, cp: Checkpoint) -> None:
-        """Write the rest of the checkpoint and commit. On any error the whole batch rolls back."""
+    def add_daily(self, decisions: pa.Table, new_ids: Sequence[str]) -> list[tuple[str, str, str, int]]:
+        """Fold the new decisions of a batch into ``user_category_daily`` (one row per user, category and
+        UTC day; a category counts where the decision has both its score and its threshold) and return
+        (stage, category, outcome, count) for the metrics. Runs in DuckDB, off the interpreter's lock."""
         conn = self.conn
-        if cp.daily is not None and cp.daily.num_rows:
-            conn.register("daily_batch", cp.daily)
+        conn.register("decisions_batch", decisions)
+        try:
+            conn.execute(DAILY_OUTCOMES_SQL, [list(new_ids)])
             conn.execute(
-                "INSERT INTO user_category_daily BY NAME SELECT * FROM daily_batch "
+                "INSERT INTO user_category_daily BY NAME "
+                "SELECT tenant, user_id, category, day, count(*) AS decisions, "
+                "count(*) FILTER (WHERE outcome = 'blocked') AS blocks, "
+                "count(*) FILTER (WHERE outcome = 'hugging') AS hugs, sum(score) AS score_sum "
+                "FROM batch_outcomes GROUP BY ALL "
                 "ON CONFLICT (tenant, user_id, category, day) DO UPDATE SET "
                 "decisions = decisions + excluded.decisions, blocks = blocks + excluded.blocks, "
                 "hugs = hugs + excluded.hugs, score_sum = score_sum + excluded.score_sum"
             )
-            conn.unregister("daily_batch")
+            rows = conn.execute("SELECT stage, category, outcome, count(*) FROM batch_outcomes GROUP BY ALL").fetchall()
+            conn.execute("DROP TABLE batch_outcomes")
+        finally:
+            conn.unregister("decisions_batch")
+        return [(str(s), str(c), str(o), int(n)) for s, c, o, n in rows]
+
+    def finish(self, cp: Checkpoint) -> None:
+        """Write the rest of the checkpoint and commit. On any error the whole batch rolls back."""
+        conn = self.conn
         if cp.alerts is not None and cp.alerts.num_rows:
             conn.register("alerts_batch", cp.alerts)
             mutable = [n for n in cp.alerts.column_names if n not in ("alert_id", "ts")]
