@@ -13,6 +13,7 @@ An unexpected error in the hot path ends the process with a non-zero code instea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -361,6 +362,10 @@ def create_app(settings: Settings, service: Service) -> faust.App:
 
     @app.task  # type: ignore[untyped-decorator]
     async def committer() -> None:
+        # Faust's Monitor sensor keeps per-message statistics for its own /stats pages, which guardstream
+        # does not serve (its metrics are per batch): it costs a few callbacks on every message.
+        with contextlib.suppress(KeyError):
+            app.sensors.remove(app.monitor)
         await service.commit_batches()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's signal type omits async handlers
