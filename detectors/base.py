@@ -10,7 +10,7 @@ action. Deciding what becomes an alert, and when it is updated, escalated or res
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
@@ -102,6 +102,19 @@ class Detector(Protocol):
 
 
 _policy_keys: dict[tuple[str | None, float | None], str] = {}
+
+
+@runtime_checkable
+class BatchScoring(Protocol):
+    """A detector that snapshots users in ``update`` and scores the snapshots once per batch."""
+
+    def collect(self) -> list[Finding]:
+        """Score the snapshots taken since the last call; return the findings."""
+        ...
+
+    def discard(self) -> None:
+        """Drop the snapshots taken since the last call (their batch was rolled back)."""
+        ...
 
 
 def policy_key(event: Decision, category: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from detectors.alerts import AlertBook, AlertChange, AlertPolicy, AlertState
-from detectors.base import Detector, Observation, observe
+from detectors.base import BatchScoring, Detector, Observation, observe
 from detectors.events import Decision
 
 UserKey = tuple[str, str]  # (tenant, user_id)
@@ -56,7 +56,7 @@ class Engine:
         self._population_decoders = {d.name: msgspec.msgpack.Decoder(d.population_state) for d in self.detectors}
         # Detectors that score in batches hand their findings over in sweep(); they must go to the alert
         # book of the partition the user is in.
-        self._collectors = [d for d in self.detectors if hasattr(d, "collect")]
+        self._collectors = [d for d in self.detectors if isinstance(d, BatchScoring)]
         self._user_partition: dict[UserKey, int] = {}
 
     # -- state in and out ----------------------------------------------------------------------------
@@ -150,6 +150,12 @@ class Engine:
         for state in self.partitions.values():
             changes.extend(state.book.sweep(state.watermark_ms))
         return changes
+
+    def discard_pending(self) -> None:
+        """Forget what batch-scoring detectors collected (the batch it came from was rolled back)."""
+        for detector in self._collectors:
+            detector.discard()
+        self._user_partition.clear()
 
     def take_dirty(self) -> DirtyState:
         users: list[tuple[int, str, str, bytes]] = []

@@ -137,6 +137,10 @@ class MultivariateAnomaly:
             self._pending.append((event.tenant, event.user_id, obs.ts_ms, features(c), snapshot))
         return []
 
+    def discard(self) -> None:
+        """Drop the snapshots taken since the last collect (their batch was rolled back)."""
+        self._pending.clear()
+
     def collect(self) -> list[Finding]:
         """Score every snapshot taken since the last call, in one model call."""
         if not self._pending or self.model is None:

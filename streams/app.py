@@ -155,10 +155,12 @@ class Service:
         prepared = batch.prepared
         if prepared.dead_letters:
             await self.publish_dead_letters(prepared.dead_letters)
-        outcome = await self.db(self.pipeline.commit, prepared)
+        failed: dict[str, DeadLetter] = {}
+        while (outcome := await self.db(self.pipeline.commit, prepared, failed)).retry:
+            # a detector raised: dead-letter those events first, then commit the batch without them
+            await self.publish_dead_letters(list(outcome.retry.values()))
+            failed.update(outcome.retry)
         committed_at = time.time()
-        if outcome.dead_letters:
-            await self.publish_dead_letters(outcome.dead_letters)
         if outcome.changes:
             await self.publish_outbox()
         ack = batch.stream.ack

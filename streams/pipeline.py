@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate, chain
@@ -83,10 +83,15 @@ class Outcome:
     new: list[Accepted] = field(default_factory=list)
     duplicates: int = 0
     changes: list[AlertChange] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)  # raised while committing (detector errors)
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # detector errors, dead-lettered before commit
+    retry: dict[str, DeadLetter] = field(default_factory=dict)  # not committed: publish these, then commit again
     category_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # stage, category, outcome
     # stage, guardrail, decision, peak category (whose AI 600-1 risk labels the decision)
     decision_counts: Counter[tuple[str, str, str, str | None]] = field(default_factory=Counter)
+
+
+class _DetectorFailed(Exception):
+    pass
 
 
 class Pipeline:
@@ -146,8 +151,15 @@ class Pipeline:
             accepted.append(Accepted(msg, obs, hugging, blocked, peak_category, peak_ratio))
         return out
 
-    def commit(self, prepared: Prepared) -> Outcome:
-        """One transaction: new decisions, aggregates, alerts, dead letters, state and offsets."""
+    def commit(self, prepared: Prepared, failed: Mapping[str, DeadLetter] | None = None) -> Outcome:
+        """One transaction: new decisions, aggregates, alerts, dead letters, state and offsets.
+
+        A detector that raises on an event must neither stop the stream nor let the event pass unnoticed,
+        and its dead letter must be on the topic before the batch commits (like a decode rejection). So
+        the first error rolls the batch back, reloads the batch's partitions from the last checkpoint and
+        returns the failing events in ``Outcome.retry``: the caller publishes them to the dead-letter topic
+        and calls again with them in ``failed``; those events are then stored but kept from the detectors."""
+        failed = failed or {}
         outcome = Outcome()
         store = self.store
         store.begin()
@@ -163,14 +175,20 @@ class Pipeline:
                 new_ids.discard(event.event_id)  # a second copy in this batch is a duplicate too
                 new_in_order.append(event.event_id)
                 outcome.new.append(item)
+                outcome.decision_counts[(event.stage, event.guardrail.name, event.decision, item.peak_category)] += 1
+                letter = failed.get(event.event_id)
+                if letter is not None:
+                    outcome.dead_letters.append(letter)
+                    continue
                 try:
                     outcome.changes.extend(self.engine.process(item.message.partition, item.obs))
-                except Exception as exc:  # a detector bug must not stop the stream, nor hide the event
-                    log.exception("detector failed on event %s", event.event_id)
-                    outcome.dead_letters.append(
-                        DeadLetter(item.message, "detector_error", f"{type(exc).__name__}: {exc}", event.event_id)
+                except Exception as exc:  # collect every failing event of the batch, then start over
+                    log.exception("detector failed on event %s; it goes to the dead-letter topic", event.event_id)
+                    outcome.retry[event.event_id] = DeadLetter(
+                        item.message, "detector_error", f"{type(exc).__name__}: {exc}", event.event_id
                     )
-                outcome.decision_counts[(event.stage, event.guardrail.name, event.decision, item.peak_category)] += 1
+            if outcome.retry:
+                raise _DetectorFailed
             if decisions is not None and new_in_order:
                 for stage, category, result, n in store.add_daily(decisions, new_in_order):
                     outcome.category_counts[(stage, category, result)] += n
@@ -188,12 +206,24 @@ class Pipeline:
                     offsets=prepared.offsets,
                 )
             )
+        except _DetectorFailed:
+            store.rollback()
+            self.reload({item.message.partition for item in prepared.accepted})
+            return Outcome(retry=outcome.retry)
         except BaseException:
             store.rollback()
             raise
         for partition, next_offset in prepared.offsets.items():
             self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), next_offset)
         return outcome
+
+    def reload(self, partitions: set[int]) -> None:
+        """Back to the last committed checkpoint: the detectors' in-memory state of these partitions was
+        changed by a batch that did not commit."""
+        self.engine.discard_pending()
+        partitions &= self.assigned
+        self.revoke(partitions)
+        self.assign(partitions)
 
     @staticmethod
     def _decisions_table(accepted: list[Accepted]) -> pa.Table:

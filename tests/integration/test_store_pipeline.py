@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import orjson
 import pytest
 
 from detectors.boundary import HuggingConfig
+from detectors.engine import Engine
 from detectors.registry import DetectorConfig, build_engine
-from streams.pipeline import Message, Pipeline
+from streams.pipeline import DeadLetter, Message, Pipeline
 from streams.produce import bad_events
 from streams.simulator import SimConfig, simulate
 from streams.store import QueryRefused, Store, open_read_only, run_read_only
@@ -175,3 +177,78 @@ def test_training_counters_from_sql_equal_the_stream_detectors_counters(tmp_path
         assert msgspec.structs.replace(counters, peak_ratio_sum=0.0) == msgspec.structs.replace(
             expected, peak_ratio_sum=0.0
         ), key
+
+
+class Nothing(msgspec.Struct):
+    pass
+
+
+class Flaky:
+    """A detector with a bug: it raises on chosen events (after the real detectors ran on them)."""
+
+    name = "flaky"
+    emits = ()
+    user_state = Nothing
+    population_state = Nothing
+
+    def __init__(self, boom: set[str]) -> None:
+        self.boom = boom
+
+    def update(self, user: Nothing, population: Nothing, obs: Any) -> list[Any]:
+        if obs.event.event_id in self.boom:
+            raise ZeroDivisionError(f"bug on {obs.event.event_id}")
+        return []
+
+
+def flaky_pipeline(db: Path, boom: set[str]) -> Pipeline:
+    cfg = DetectorConfig(hugging=HuggingConfig(min_population=200))
+    engine = build_engine(cfg)
+    engine = Engine([*engine.detectors, Flaky(boom)], band=engine.band, alert_policy=engine.alert_policy)
+    p = Pipeline(Store(db), engine, topic=TOPIC)
+    p.assign({0, 1})
+    return p
+
+
+def test_a_detector_error_dead_letters_the_event_before_the_batch_commits(
+    tmp_path: Path, stream: list[Message]
+) -> None:
+    valid = [m for m in stream if m.offset < 10_000_000]
+    boom = {orjson.loads(m.value)["event_id"] for m in valid[300::457]}  # a few, in different batches
+    p = flaky_pipeline(tmp_path / "flaky.duckdb", boom)
+    retried: list[str] = []
+    dead_lettered: list[str] = []
+    for i in range(0, len(stream), 700):
+        prepared = p.prepare(stream[i : i + 700])
+        failed: dict[str, DeadLetter] = {}
+        while (outcome := p.commit(prepared, failed)).retry:
+            assert not outcome.new and not outcome.changes, "nothing of a failed attempt is reported as done"
+            retried += list(outcome.retry)
+            failed.update(outcome.retry)
+        dead_lettered += [d.event_id for d in outcome.dead_letters if d.event_id]
+        assert all(d.code == "detector_error" and "ZeroDivisionError" in d.detail for d in outcome.dead_letters)
+    p.store.close()
+    assert sorted(retried) == sorted(dead_lettered) == sorted(boom)
+
+    # The same stream where those events never reached the detectors at all: the rolled-back attempts
+    # must leave no trace in detector state, alerts or aggregates.
+    q = flaky_pipeline(tmp_path / "reference.duckdb", set())
+    by_id = {orjson.loads(m.value)["event_id"]: m for m in valid}
+    letters = {e: DeadLetter(by_id[e], "detector_error", "x", e) for e in boom}
+    for i in range(0, len(stream), 700):
+        q.commit(q.prepare(stream[i : i + 700]), letters)
+    q.store.close()
+    flaky, reference = snapshot(tmp_path / "flaky.duckdb"), snapshot(tmp_path / "reference.duckdb")
+    assert flaky == reference
+    assert flaky["dead_letters"] == [(40 + len(boom),)]
+    conn = open_read_only(tmp_path / "flaky.duckdb")
+    states = conn.execute("SELECT * FROM detector_state ORDER BY ALL").fetchall()
+    stored = conn.execute(
+        "SELECT count(*) FROM decisions WHERE event_id IN (SELECT unnest(?))", [sorted(boom)]
+    ).fetchone()
+    reasons = conn.execute("SELECT DISTINCT reason_code FROM dead_letters WHERE event_id IS NOT NULL").fetchall()
+    conn.close()
+    conn = open_read_only(tmp_path / "reference.duckdb")
+    assert states == conn.execute("SELECT * FROM detector_state ORDER BY ALL").fetchall()
+    conn.close()
+    assert stored == (len(boom),), "the events themselves are valid and stored"
+    assert reasons == [("detector_error",)]
