@@ -1,0 +1,110 @@
+"""kill -9 at random points: the store after the restarts equals the store of one clean offline pass.
+
+The worker is the DuckDB writer, so killing it mid-batch kills the writer mid-transaction too (DuckDB
+recovers from its WAL on the next open). The ground truth is the same pipeline code run offline over
+exactly the messages the topic holds, read back from the broker with their partitions and offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detectors.registry import build_engine
+from streams.broker import free_port
+from streams.pipeline import Message, Pipeline
+from streams.produce import bad_events, produce
+from streams.settings import Settings
+from streams.simulator import SimConfig, simulate
+from streams.store import Store, open_read_only
+from tests.integration.test_run_against_broker import GUARDSTREAM, env_for, get_json, read_topic, wait_until
+
+pytestmark = pytest.mark.integration
+
+TABLES = {
+    "decisions": "SELECT * EXCLUDE (ingested_at) FROM decisions ORDER BY event_id",
+    "daily": "SELECT * EXCLUDE (score_sum), round(score_sum, 9) FROM user_category_daily ORDER BY ALL",
+    "alerts": "SELECT * EXCLUDE (updated_at) FROM alerts ORDER BY alert_id",
+    "changes": "SELECT * EXCLUDE (created_at, published) FROM alert_changes ORDER BY change_id",
+    "dead_letters": "SELECT * EXCLUDE (ingested_at) FROM dead_letters ORDER BY ALL",
+    "detector_state": "SELECT * FROM detector_state ORDER BY ALL",
+    "population_state": "SELECT * FROM population_state ORDER BY ALL",
+    "offsets": "SELECT kafka_partition, next_offset FROM consumer_offsets ORDER BY ALL",
+}
+
+
+def snapshot(db: Path) -> dict[str, list[Any]]:
+    conn = open_read_only(db)
+    try:
+        return {name: conn.execute(sql).fetchall() for name, sql in TABLES.items()}
+    finally:
+        conn.close()
+
+
+def offline_truth(settings: Settings, records: list[Any], db: Path) -> None:
+    messages = [Message(r.partition, r.offset, r.key, r.value, r.timestamp) for r in records]
+    pipeline = Pipeline(Store(db), build_engine(), topic=settings.decisions_topic)
+    pipeline.assign({m.partition for m in messages})
+    for i in range(0, len(messages), 1000):
+        pipeline.commit(pipeline.prepare(messages[i : i + 1000]))
+    pipeline.store.close()
+
+
+def run_worker(env: dict[str, str], log: Path, kill_at: float | None, total: int = 0) -> None:
+    """Start a worker; SIGKILL it once ``kill_at`` messages are committed, or stop it cleanly at the end."""
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*GUARDSTREAM, "run", "--web-port", str(port)], env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: get_json(url + "/status")["partitions"], 90, "the worker to serve /status")
+        if kill_at is None:
+            wait_until(lambda: committed(url) >= total, 120, "the last worker to reach the end")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log.read_text()[-3000:]
+        else:
+            wait_until(lambda: committed(url) >= kill_at or proc.poll() is not None, 120, "progress")
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert committed(url) < total, "the kill must land mid-stream"
+            proc.kill()  # SIGKILL: no clean-up, possibly mid-transaction
+            proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def committed(url: str) -> int:
+    return sum(p["next_offset"] for p in get_json(url + "/status")["partitions"].values())
+
+
+def test_kill_9_mid_stream_then_restart_equals_one_clean_pass(settings: Settings, tmp_path: Path) -> None:
+    rng = random.Random(2026)
+    sim = simulate(SimConfig(users=250, days=3, seed=11))
+    events = sim.events + [dict(e) for e in sim.events[::53]]  # copies of event_ids at new offsets
+    targets = asyncio.run(produce(settings, events, extra=bad_events(40, seed=11), seed=11))
+    total = sum(targets.values())
+
+    records = asyncio.run(read_topic(settings, settings.decisions_topic))
+    assert len(records) == total
+    truth_db = tmp_path / "truth.duckdb"
+    offline_truth(settings, records, truth_db)
+
+    env = env_for(settings)
+    env["GUARDSTREAM_BATCH_MAX_EVENTS"] = "700"  # many batches, so kills land mid-stream and mid-batch
+    for i, fraction in enumerate(sorted(rng.uniform(0.1, 0.9) for _ in range(3))):
+        run_worker(env, tmp_path / f"worker-{i}.log", kill_at=fraction * total, total=total)
+    run_worker(env, tmp_path / "worker-last.log", kill_at=None, total=total)
+
+    streamed, truth = snapshot(settings.db), snapshot(truth_db)
+    assert len(streamed["decisions"]) == len(sim.events), "every event_id once, copies not counted"
+    assert len(streamed["dead_letters"]) == 40
+    assert streamed["changes"], "the simulated attackers raise alerts"
+    for table in TABLES:
+        assert streamed[table] == truth[table], f"{table} differs from the offline ground truth"
