@@ -565,6 +565,128 @@ def dashboards_push(
         console.print(f"pushed {uid} (version {version})")
 
 
+bench_app = typer.Typer(invoke_without_command=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise fail(f"{option} takes comma-separated whole numbers, e.g. 1000000,10000000") from None
+    if any(v < 0 for v in values):
+        raise fail(f"{option}: sizes must not be negative")
+    return values
+
+
+@bench_app.callback()
+def bench(
+    ctx: typer.Context,
+    events: Annotated[int, typer.Option(min=100, help="events to simulate and produce (once, for every variant)")] = (
+        200_000
+    ),
+    partitions: Annotated[int, typer.Option(min=1, help="partitions of the benchmark topics")] = 4,
+    only: Annotated[str, typer.Option(help="comma-separated subset of the variants a, b, b2, c")] = "a,b,b2,c",
+    skip_latency: Annotated[bool, typer.Option(help="skip the detection latency phase")] = False,
+    latency_rate: Annotated[
+        float | None, typer.Option(min=1, help="events/s for the latency phase (default: 50% of c's throughput)")
+    ] = None,
+    latency_events: Annotated[
+        int | None, typer.Option(min=1, help="events sent in the latency phase (default: all of them)")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="also run the pipeline as N workers in one group and report the scaling")
+    ] = 1,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this Kafka (HOST:PORT) instead of starting the embedded broker")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="simulator seed")] = 7,
+    workdir: Annotated[
+        Path | None, typer.Option(help="keep logs and DuckDB files here (default: a temporary directory)")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the results as JSON here")] = None,
+    markdown: Annotated[bool, typer.Option(help="also print the results as a Markdown table (for the README)")] = (
+        False
+    ),
+) -> None:
+    """Benchmarks: the pipeline against the raw client and Faust; `bench store` for the store.
+
+    Without a subcommand: the real pipeline's throughput (c) against the raw client (a), a naive Faust app with
+    a Table (b) and a decode-only Faust agent (b2), all on the same freshly produced data, with peak RSS and
+    the detection latency at a fixed rate, as ratios measured side by side in one run."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from streams.bench import BenchError, BenchOptions, markdown_report, print_report, run_bench
+    from streams.broker import BrokerError
+    from streams.output import report_console
+
+    options = BenchOptions(
+        events=events,
+        partitions=partitions,
+        only=tuple(v.strip() for v in only.split(",") if v.strip()),
+        latency=not skip_latency,
+        latency_rate=latency_rate,
+        latency_events=latency_events,
+        workers=workers,
+        bootstrap=bootstrap,
+        seed=seed,
+        workdir=workdir,
+    )
+    try:
+        result = run_bench(options, console)
+    except KeyboardInterrupt:
+        raise fail("interrupted; every process the bench started was stopped", 130) from None
+    except (BenchError, BrokerError) as exc:
+        raise fail(str(exc)) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("aiokafka"):
+            raise fail(f"Kafka at {bootstrap or 'the embedded broker'}: {exc!r}") from exc
+        raise
+    print_report(result, report_console())
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"results written to {json_out}")
+    if markdown:
+        sys.stdout.write("\n" + markdown_report(result))
+
+
+@bench_app.command("store")
+def bench_store(
+    decisions: Annotated[
+        str | None, typer.Option(help="decision counts for ingest and investigation latency (default 1000000,10000000)")
+    ] = None,
+    users: Annotated[
+        str | None, typer.Option(help="tracked users for the detector state size (default 100000,1000000)")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="smoke-test sizes (100k decisions, 10k users) unless sizes given")
+    ] = False,
+    workdir: Annotated[
+        Path | None, typer.Option(help="keep the DuckDB files here (several GB at 10M decisions)")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the results as JSON here")] = None,
+) -> None:
+    """DuckDB sink ingest, investigation query latency and detector state per tracked user, at scale."""
+    from streams.bench_store import DEFAULT_DECISIONS, DEFAULT_USERS, QUICK, print_store_report, run_store_bench
+    from streams.output import report_console
+
+    sizes = {"decisions": list(DEFAULT_DECISIONS), "users": list(DEFAULT_USERS)}
+    if quick:
+        sizes = {k: list(v) for k, v in QUICK.items()}
+    if decisions is not None:
+        sizes["decisions"] = _int_list(decisions, "--decisions")
+    if users is not None:
+        sizes["users"] = _int_list(users, "--users")
+    try:
+        result = run_store_bench(decisions=sizes["decisions"], users=sizes["users"], workdir=workdir, progress=True)
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    print_store_report(result, report_console())
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"results written to {json_out}")
+
+
 @app.command(name="settings")
 def show_settings() -> None:
     """Show every setting with its current value (secrets hidden) and its environment variable."""

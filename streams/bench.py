@@ -1,0 +1,1043 @@
+"""``guardstream bench``: the pipeline's throughput against the client and the framework, side by side.
+
+The data is produced once into one topic; every variant then reads all of it from offset 0 with its own fresh
+consumer group, in its own process (so its peak RSS is its own), one variant at a time:
+
+* ``a``  the raw client ceiling: aiokafka ``getmany`` + guardstream's typed decoder, nothing else;
+* ``b``  what a typical Faust user writes: one event at a time, JSON values, ``table[user] += 1`` on a Faust
+  Table (memory store, so every update is one changelog record);
+* ``b2`` a stock Faust agent that only decodes (typed decoder): the framework's floor;
+* ``c``  the real pipeline, ``guardstream run``, on a fresh DuckDB file: every detector (with an anomaly model
+  trained on another seed, as the demo does), persistence, outbox and metrics; timed from its first batch to
+  the commit of the last offset.
+
+Then, optionally, ``--workers N``: the pipeline as N processes in one consumer group (one DuckDB file each),
+against one worker measured the same way; each group is started on an empty topic and waits until the
+partitions are assigned, disjoint and stable before the data is produced, because per-partition detector state
+lives in each worker's store and a rebalance mid-run would move partitions without it.
+
+Last, detection latency: the same events produced at a fixed rate (half of ``c``'s throughput unless given)
+with ``ts`` rewritten to the wall-clock send time, so event time is produce time; an alert change carries the
+event time of the evidence that raised it and its Kafka record timestamp is when it was published, so their
+difference is the end-to-end detection latency.
+
+Nothing here is a test: the numbers are ratios measured in one run on one machine.
+
+The module is also the child processes' entry point: ``python -m streams.bench raw|faust-naive|faust-decode``
+(internal; they report to a JSON file the parent names). Its top-level imports are kept light so the raw
+client child's RSS is the client's, not the benchmark's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+VARIANTS: dict[str, str] = {
+    "a": "raw aiokafka getmany + typed decode",
+    "b": "naive Faust: per event, JSON, table[user] += 1",
+    "b2": "stock Faust agent, typed decode only",
+    "c": "guardstream run: all detectors, DuckDB, metrics",
+}
+DEFAULT_EVENTS = 200_000
+SIM_DAYS = 7.0
+EVENTS_PER_USER_WEEK = 170  # the simulator gives ~179 decisions per user in 7 days; ask for a few more users
+STALL_SECONDS = 120.0  # a variant that makes no progress this long has failed
+SETTLE_SECONDS = 3.0  # a group's assignment must stay unchanged this long before we produce
+LOG_TAIL_LINES = 15
+PROGRESS_EVERY = 2000  # children report their count every this many events
+
+
+class BenchError(RuntimeError):
+    """An expected failure: one line for the user (with a log tail when a process died)."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    events: int = DEFAULT_EVENTS
+    partitions: int = 4
+    only: tuple[str, ...] = tuple(VARIANTS)
+    latency: bool = True
+    latency_rate: float | None = None
+    latency_events: int | None = None
+    workers: int = 1
+    bootstrap: str | None = None
+    seed: int = 7
+    workdir: Path | None = None
+
+
+# -- shared helpers ------------------------------------------------------------------------------------
+def peak_rss_bytes(pid: int | str = "self") -> int | None:
+    """VmHWM (peak resident set) of a live process, from /proc; None where /proc has no such field."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)  # the parent never sees half a result
+
+
+class _Finish:
+    """Counts what a child consumed, knows when every partition reached its target, reports progress."""
+
+    def __init__(self, targets: dict[int, int], progress_path: Path) -> None:
+        self.targets = targets
+        self.progress_path = progress_path
+        self.done: set[int] = {p for p, end in targets.items() if end <= 0}
+        self.count = 0
+        self.rejected = 0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def seen(self, partition: int, offset: int, n: int = 1) -> bool:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.count += n
+        if self.count % PROGRESS_EVERY < n:
+            self.progress_path.write_text(str(self.count))
+        if partition not in self.done and offset + 1 >= self.targets.get(partition, 0):
+            self.done.add(partition)
+        if len(self.done) >= len(self.targets):
+            self.last = time.perf_counter()
+            return True
+        return False
+
+    def result(self, **extra: Any) -> dict[str, Any]:
+        seconds = max(1e-9, (self.last or time.perf_counter()) - (self.first or 0.0))
+        return {
+            "events": self.count,
+            "rejected": self.rejected,
+            "seconds": seconds,
+            "events_per_second": self.count / seconds,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "pid": os.getpid(),
+            **extra,
+        }
+
+
+# -- child (a): the raw client ceiling ------------------------------------------------------------------
+async def _raw_client(settings: Settings, topic: str, group: str, finish: _Finish) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer
+
+    from detectors.events import Rejection, decode
+    from streams.broker import client_kwargs
+
+    consumer = AIOKafkaConsumer(
+        topic, **client_kwargs(settings), group_id=group, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        complete = False
+        while not complete:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            if batch and finish.first is None:
+                finish.first = time.perf_counter()  # timed from the first fetch, decoding included
+            for tp, records in batch.items():
+                for record in records:
+                    if isinstance(decode(record.value), Rejection):
+                        finish.rejected += 1
+                complete = finish.seen(tp.partition, records[-1].offset, len(records)) or complete
+        return finish.result()
+    finally:
+        await consumer.stop()
+
+
+# -- children (b) and (b2): Faust apps --------------------------------------------------------------------
+def _faust_child(kind: str, settings: Settings, args: argparse.Namespace, finish: _Finish) -> None:
+    import faust
+
+    from detectors.events import Rejection, decode
+    from streams.app import faust_broker_credentials
+
+    app = faust.App(
+        args.group,
+        broker=[f"kafka://{hp.strip()}" for hp in settings.bootstrap.split(",")],
+        broker_credentials=faust_broker_credentials(settings),
+        store="memory://",
+        autodiscover=False,
+        datadir=args.datadir,
+        topic_partitions=args.partitions,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        # Not stock, as in guardstream's app: a new group's first join waits for the rebalance timeout (30 s
+        # of the default 60 s on tansu). Group membership only; nothing on the consuming path changes.
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_rebalance_timeout=settings.rebalance_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
+        version=1,
+    )
+    result_path = Path(args.result)
+
+    async def report(**extra: Any) -> None:
+        if kind == "faust-naive":
+            await app.producer.flush()  # the table's changelog is part of the work
+            finish.last = time.perf_counter()
+        _write_json(result_path, finish.result(**extra))
+
+    if kind == "faust-naive":
+        topic = app.topic(args.topic, key_serializer="raw", value_serializer="json")
+        user_events = app.Table("user_events", default=int)
+
+        @app.agent(topic)
+        async def naive(stream: Any) -> None:
+            async for event in stream:
+                user_events[event["user_id"]] += 1
+                message = stream.current_event.message
+                if finish.seen(message.partition, message.offset):
+                    await report(changelog_records=finish.count, table_keys=len(user_events))
+
+    else:
+        topic = app.topic(args.topic, key_serializer="raw", value_serializer="raw")
+
+        @app.agent(topic)
+        async def decode_only(stream: Any) -> None:
+            async for value in stream:
+                if isinstance(decode(value), Rejection):
+                    finish.rejected += 1
+                message = stream.current_event.message
+                if finish.seen(message.partition, message.offset):
+                    await report()
+
+    worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def child_main(argv: Sequence[str] | None = None) -> None:
+    """``python -m streams.bench raw|faust-naive|faust-decode ...``: one variant, until the parent stops it."""
+    parser = argparse.ArgumentParser(prog="python -m streams.bench", description="guardstream bench child process")
+    parser.add_argument("kind", choices=["raw", "faust-naive", "faust-decode"])
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--partitions", type=int, required=True)
+    parser.add_argument("--targets", required=True, help="JSON {partition: offset after the last message}")
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--progress", required=True)
+    parser.add_argument("--datadir", default=None)
+    args = parser.parse_args(argv)
+    settings = Settings().with_overrides(bootstrap=args.bootstrap)
+    targets = {int(p): int(o) for p, o in json.loads(args.targets).items()}
+    finish = _Finish(targets, Path(args.progress))
+    if args.kind == "raw":
+        _write_json(Path(args.result), asyncio.run(_raw_client(settings, args.topic, args.group, finish)))
+    else:
+        _faust_child(args.kind, settings, args, finish)
+
+
+# -- the parent ---------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """Names, files and processes of one bench invocation (cleaned up in ``close``)."""
+
+    settings: Settings
+    workdir: Path
+    run_id: str
+    console: Console
+    model_args: list[str] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)
+
+    def name(self, what: str) -> str:
+        return f"guardstream-bench-{self.run_id}-{what}"
+
+    def log(self, what: str) -> Path:
+        return self.workdir / f"{what}.log"
+
+    def spawn(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches us; we stop children in order
+            )
+        self.processes.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(ValueError):
+            self.processes.remove(proc)
+
+    def close(self) -> None:
+        for proc in list(self.processes):
+            self.stop(proc)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace").rstrip()
+    except OSError:
+        return "(no log)"
+    tail = text.splitlines()[-lines:]
+    return "\n".join("    " + line for line in tail) if tail else "(empty log)"
+
+
+def _died(what: str, proc: subprocess.Popen[bytes], log: Path) -> BenchError:
+    return BenchError(f"{what} exited with code {proc.returncode}; the end of {log}:\n{log_tail(log)}")
+
+
+def simulated_events(events: int, seed: int) -> tuple[list[dict[str, Any]], int]:
+    """About ``events`` simulated decisions (exactly that many: the earliest of a week's traffic) and the users."""
+    from streams.simulator import SimConfig, simulate
+
+    users = max(50, -(-events // EVENTS_PER_USER_WEEK))
+    while True:
+        sim = simulate(SimConfig(users=users, days=SIM_DAYS, seed=seed))
+        if len(sim.events) >= events:
+            return sim.events[:events], users
+        users = int(users * 1.2) + 1
+
+
+def _bar(console: Console) -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _produce_all(run: _Run, topic: str, events: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
+    from streams.broker import ensure_topics
+    from streams.produce import produce
+
+    settings = run.settings.with_overrides(decisions_topic=topic)
+    asyncio.run(ensure_topics(settings, [topic]))
+    run.topics.append(topic)
+    with _bar(run.console) as progress:
+        task = progress.add_task(label, total=len(events))
+        started = time.perf_counter()
+        targets = asyncio.run(produce(settings, events, progress=lambda n: progress.advance(task, n)))
+        seconds = time.perf_counter() - started
+    if sum(targets.values()) != len(events):
+        raise BenchError(
+            f"the broker acknowledged {sum(targets.values()):,} offsets for {len(events):,} events on a fresh topic"
+        )
+    return {"targets": targets, "seconds": seconds, "events_per_second": len(events) / seconds}
+
+
+# -- variants a, b, b2 ----------------------------------------------------------------------------------------
+def _run_child(run: _Run, variant: str, topic: str, targets: dict[int, int]) -> dict[str, Any]:
+    from rich.markup import escape
+
+    kind = {"a": "raw", "b": "faust-naive", "b2": "faust-decode"}[variant]
+    group = run.name(f"group-{variant}")
+    result = run.workdir / f"{variant}.result.json"
+    progress_file = run.workdir / f"{variant}.progress"
+    datadir = run.workdir / f"{variant}-faust-data"
+    log = run.log(variant)
+    total = sum(targets.values())
+    proc = run.spawn(
+        [
+            sys.executable,
+            "-m",
+            "streams.bench",
+            kind,
+            "--bootstrap",
+            run.settings.bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--partitions",
+            str(run.settings.topic_partitions),
+            "--targets",
+            json.dumps(targets),
+            "--result",
+            str(result),
+            "--progress",
+            str(progress_file),
+            "--datadir",
+            str(datadir),
+        ],
+        log,
+    )
+    if variant == "b":
+        run.topics.append(f"{group}-user_events-changelog")
+    try:
+        with _bar(run.console) as progress:
+            task = progress.add_task(escape(f"{variant:<3}{VARIANTS[variant]}"), total=total)
+            last, stalled_since = -1, time.monotonic()
+            while not result.exists():
+                if proc.poll() is not None:
+                    raise _died(f"variant {variant} ({kind})", proc, log)
+                with contextlib.suppress(OSError, ValueError):
+                    done = int(progress_file.read_text() or 0)
+                    progress.update(task, completed=done)
+                    if done != last:
+                        last, stalled_since = done, time.monotonic()
+                if time.monotonic() - stalled_since > STALL_SECONDS:
+                    raise BenchError(
+                        f"variant {variant} made no progress for {STALL_SECONDS:.0f}s at {max(last, 0):,}/{total:,}; "
+                        f"the end of {log}:\n{log_tail(log)}"
+                    )
+                time.sleep(0.2)
+            progress.update(task, completed=total)
+        data: dict[str, Any] = json.loads(result.read_text())
+    finally:
+        run.stop(proc)
+    return {"variant": variant, "what": VARIANTS[variant], "workers": 1, **data}
+
+
+# -- variant c and the pipeline groups ---------------------------------------------------------------------------
+@dataclass
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    url: str
+    db: Path
+    log: Path
+
+
+class PipelineGroup:
+    """``workers`` ``guardstream run`` processes in one fresh consumer group, each with its own DuckDB file."""
+
+    def __init__(self, run: _Run, label: str, topic: str, workers: int) -> None:
+        from streams.broker import free_port
+
+        self.run = run
+        self.label = label
+        self.topic = topic
+        self.alerts_topic = run.name(f"{label}-alerts")
+        run.topics += [self.alerts_topic, run.name(f"{label}-dlq")]
+        env = {
+            **os.environ,
+            "GUARDSTREAM_BOOTSTRAP": run.settings.bootstrap,
+            "GUARDSTREAM_DECISIONS_TOPIC": topic,
+            "GUARDSTREAM_ALERTS_TOPIC": self.alerts_topic,
+            "GUARDSTREAM_DLQ_TOPIC": run.name(f"{label}-dlq"),
+            "GUARDSTREAM_CONSUMER_GROUP": run.name(f"{label}-group"),
+            "GUARDSTREAM_TOPIC_PARTITIONS": str(run.settings.topic_partitions),
+        }
+        self.workers: list[_Worker] = []
+        for i in range(workers):
+            port = free_port()
+            db = run.workdir / f"{label}-{i}.duckdb"
+            log = run.log(f"{label}-worker-{i}")
+            args = [sys.executable, "-m", "streams.cli", "run", "--db", str(db), "--web-port", str(port)]
+            proc = run.spawn([*args, *run.model_args], log, env)
+            self.workers.append(_Worker(proc, f"http://127.0.0.1:{port}", db, log))
+
+    def check_alive(self, doing: str) -> None:
+        for i, w in enumerate(self.workers):
+            if w.proc.poll() is not None:
+                raise _died(f"pipeline worker {i} ({self.label}) {doing}", w.proc, w.log)
+
+    def statuses(self) -> list[dict[str, Any]]:
+        from streams.demo import _get_json
+
+        self.check_alive("while running")
+        return [_get_json(w.url + "/status", timeout=10) for w in self.workers]
+
+    def wait_started(self, timeout: float = 120.0) -> None:
+        from streams.demo import DemoError, _wait_for_service
+
+        for i, w in enumerate(self.workers):
+            try:
+                _wait_for_service(w.url, w.proc, timeout)
+            except DemoError as exc:
+                raise BenchError(
+                    f"pipeline worker {i} ({self.label}): {exc}; the end of {w.log}:\n{log_tail(w.log)}"
+                ) from None
+
+    def wait_settled(self, partitions: int, timeout: float = 120.0) -> list[list[int]]:
+        """Until every partition is owned by exactly one worker, every worker owns some, for SETTLE_SECONDS."""
+        deadline = time.monotonic() + timeout
+        last: list[frozenset[int]] | None = None
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            owned = [frozenset(int(p) for p in s["partitions"]) for s in self.statuses()]
+            settled = (
+                all(owned)
+                and sum(len(o) for o in owned) == partitions
+                and frozenset().union(*owned) == frozenset(range(partitions))
+            )
+            if not settled or owned != last:
+                last, stable_since = owned, time.monotonic()
+            elif time.monotonic() - stable_since >= SETTLE_SECONDS:
+                return [sorted(o) for o in owned]
+            time.sleep(0.25)
+        raise BenchError(f"the {len(self.workers)} pipeline workers did not settle on {partitions} partitions: {last}")
+
+    def wait_done(self, targets: dict[int, int], progress: Progress, task: Any) -> list[dict[str, Any]]:
+        total = sum(targets.values())
+        last, stalled_since = -1, time.monotonic()
+        while True:
+            statuses = self.statuses()
+            reached: dict[int, int] = {}
+            for status in statuses:
+                for p, part in status["partitions"].items():
+                    reached[int(p)] = max(reached.get(int(p), 0), int(part.get("next_offset", 0)))
+            done = sum(min(reached.get(p, 0), end) for p, end in targets.items())
+            recorded = sum(s["counts"].get("decisions", 0) + s["counts"].get("dead_letters", 0) for s in statuses)
+            progress.update(task, completed=done)
+            if done >= total and recorded >= total and all(s.get("last_commit_at") for s in statuses):
+                return statuses
+            if done != last:
+                last, stalled_since = done, time.monotonic()
+            elif time.monotonic() - stalled_since > STALL_SECONDS:
+                logs = "\n".join(f"  {w.log}:\n{log_tail(w.log, 5)}" for w in self.workers)
+                raise BenchError(
+                    f"the pipeline made no progress for {STALL_SECONDS:.0f}s at {done:,}/{total:,}:\n{logs}"
+                )
+            time.sleep(0.25)
+
+    def result(self, statuses: list[dict[str, Any]], variant: str) -> dict[str, Any]:
+        active = [s for s in statuses if s.get("first_batch_at")]
+        first = min(s["first_batch_at"] for s in active)
+        last = max(s["last_commit_at"] for s in active)
+        seconds = max(1e-9, last - first)
+        events = sum(s["counts"].get("decisions", 0) + s["counts"].get("dead_letters", 0) for s in statuses)
+        rss = [peak_rss_bytes(w.proc.pid) for w in self.workers]
+        return {
+            "variant": variant,
+            "what": VARIANTS["c"],
+            "workers": len(self.workers),
+            "events": events,
+            "decisions": sum(s["counts"].get("decisions", 0) for s in statuses),
+            "alert_changes": sum(s["counts"].get("alert_changes", 0) for s in statuses),
+            "seconds": seconds,
+            "events_per_second": events / seconds,
+            "peak_rss_bytes": max((r for r in rss if r is not None), default=None),
+            "peak_rss_bytes_per_worker": rss,
+        }
+
+    def stop(self) -> None:
+        for w in self.workers:
+            self.run.stop(w.proc, timeout=60)
+
+
+def _run_pipeline(run: _Run, topic: str, targets: dict[int, int]) -> dict[str, Any]:
+    """Variant c: one worker reading the already produced topic from offset 0."""
+    group = PipelineGroup(run, "c", topic, 1)
+    try:
+        with _bar(run.console) as progress:
+            task = progress.add_task(f"c  {VARIANTS['c']}", total=sum(targets.values()))
+            group.wait_started()
+            statuses = group.wait_done(targets, progress, task)
+        return group.result(statuses, "c")
+    finally:
+        group.stop()
+
+
+def _run_scaling(run: _Run, events: Sequence[dict[str, Any]], workers: int) -> dict[str, Any]:
+    """``workers`` processes in one group on an empty topic, settled, then fed the events while they run."""
+    label = f"c{workers}"
+    topic = run.name(f"{label}-decisions")
+    from streams.broker import ensure_topics
+
+    asyncio.run(ensure_topics(run.settings.with_overrides(decisions_topic=topic), [topic]))
+    run.topics.append(topic)
+    group = PipelineGroup(run, label, topic, workers)
+    try:
+        group.wait_started()
+        assignment = group.wait_settled(run.settings.topic_partitions)
+        run.console.print(f"[dim]{workers} worker(s) settled: partitions {assignment}[/dim]")
+        produced = _produce_all(run, topic, events, f"produce for {workers} worker(s)")
+        with _bar(run.console) as progress:
+            task = progress.add_task(f"c×{workers} live", total=len(events))
+            statuses = group.wait_done(produced["targets"], progress, task)
+        result = group.result(statuses, label)
+        result["assignment"] = assignment
+        result["what"] = f"guardstream run × {workers}, fed after the group settled"
+        return result
+    finally:
+        group.stop()
+
+
+# -- detection latency -----------------------------------------------------------------------------------------
+async def _paced_produce(
+    settings: Settings, topic: str, events: Sequence[dict[str, Any]], rate: float, advance: Callable[[int], None]
+) -> dict[int, int]:
+    """Send ``events`` at ``rate`` per second, each with ``ts`` = the wall clock when it is sent."""
+    import orjson
+
+    from streams.broker import producer
+    from streams.simulator import format_ts
+
+    targets: dict[int, int] = {}
+    pending: list[asyncio.Future[Any]] = []
+
+    def settle(block: bool) -> None:
+        while pending and (block or pending[0].done()):
+            metadata = pending.pop(0).result()
+            targets[metadata.partition] = max(targets.get(metadata.partition, 0), metadata.offset + 1)
+
+    async with producer(settings, linger_ms=2) as prod:
+        started = time.perf_counter()
+        sent = 0
+        while sent < len(events):
+            due = min(len(events), int((time.perf_counter() - started) * rate) + 1)
+            if due <= sent:
+                await asyncio.sleep(max(0.0, min(0.005, (sent + 1) / rate - (time.perf_counter() - started))))
+                continue
+            ts = format_ts(datetime.now(UTC))
+            for event in events[sent:due]:
+                value = orjson.dumps({**event, "ts": ts})
+                pending.append(await prod.send(topic, key=event["user_id"].encode(), value=value))
+            advance(due - sent)
+            sent = due
+            settle(block=False)
+        await prod.flush()
+        await asyncio.gather(*pending)
+        settle(block=True)
+    return targets
+
+
+async def _read_alerts(settings: Settings, topic: str, expected: int, idle_seconds: float = 3.0) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.broker import client_kwargs
+
+    consumer = AIOKafkaConsumer(
+        topic, **client_kwargs(settings), group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        records: list[Any] = []
+        idle_since = time.monotonic()
+        while len(records) < expected and time.monotonic() - idle_since < idle_seconds:
+            batch = await consumer.getmany(timeout_ms=500)
+            for part in batch.values():
+                records.extend(part)
+            if batch:
+                idle_since = time.monotonic()
+        return records
+    finally:
+        await consumer.stop()
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    return ordered[max(0, min(len(ordered) - 1, int(-(-q * len(ordered) // 100)) - 1))]
+
+
+def alert_latencies(records: Sequence[Any]) -> tuple[list[float], dict[str, int]]:
+    """Milliseconds from the triggering event's time (the change's ``ts``) to the record's publish timestamp.
+
+    ``resolved`` changes are left out: their ``ts`` is the end of a quiet period, not an event."""
+    import orjson
+
+    latencies: list[float] = []
+    changes: dict[str, int] = {}
+    for record in records:
+        body = orjson.loads(record.value)
+        change = str(body.get("change"))
+        changes[change] = changes.get(change, 0) + 1
+        if change == "resolved":
+            continue
+        ts = datetime.fromisoformat(body["ts"])
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        latencies.append(record.timestamp - ts.timestamp() * 1000)
+    return sorted(latencies), changes
+
+
+def _run_latency(run: _Run, events: Sequence[dict[str, Any]], rate: float, basis: str) -> dict[str, Any]:
+    from streams.broker import ensure_topics
+
+    topic = run.name("latency-decisions")
+    asyncio.run(ensure_topics(run.settings.with_overrides(decisions_topic=topic), [topic]))
+    run.topics.append(topic)
+    group = PipelineGroup(run, "latency", topic, 1)
+    try:
+        group.wait_started()
+        group.wait_settled(run.settings.topic_partitions)
+        with _bar(run.console) as progress:
+            sent = progress.add_task(f"produce at {rate:,.0f}/s, ts = now", total=len(events))
+            targets = asyncio.run(
+                _paced_produce(run.settings, topic, events, rate, lambda n: progress.advance(sent, n))
+            )
+            task = progress.add_task("pipeline", total=len(events))
+            statuses = group.wait_done(targets, progress, task)
+        expected = sum(s["counts"].get("alert_changes", 0) for s in statuses)
+        records = asyncio.run(_read_alerts(run.settings, group.alerts_topic, expected))
+    finally:
+        group.stop()
+    latencies, changes = alert_latencies(records)
+    result: dict[str, Any] = {
+        "rate": rate,
+        "rate_basis": basis,
+        "events": len(events),
+        "alert_changes": len(records),
+        "changes": changes,
+        "alerts": len(latencies),
+    }
+    if latencies:
+        result.update(
+            p50_ms=percentile(latencies, 50),
+            p95_ms=percentile(latencies, 95),
+            p99_ms=percentile(latencies, 99),
+            max_ms=latencies[-1],
+            min_ms=latencies[0],
+        )
+    return result
+
+
+# -- orchestration --------------------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    import aiokafka
+    import duckdb
+    import faust
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "faust": faust.__version__,
+        "aiokafka": aiokafka.__version__,
+        "duckdb": duckdb.__version__,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "commit": _commit(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # a shared machine: who else was busy
+    }
+
+
+def _commit() -> str | None:
+    """The checkout's commit (with ``+`` when the working tree differs), when run from a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
+@contextlib.contextmanager
+def _workspace(workdir: Path | None) -> Iterator[Path]:
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+        return
+    path = Path(tempfile.mkdtemp(prefix="guardstream-bench-"))
+    try:
+        yield path
+    except BenchError:
+        raise  # kept: the error names a log in it
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _broker(bootstrap: str | None, console: Console) -> Iterator[str]:
+    if bootstrap is not None:
+        yield bootstrap
+        return
+    from streams.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        console.print(f"[bold]embedded broker[/bold] tansu on {broker.bootstrap} (memory storage)")
+        yield broker.bootstrap
+
+
+def _delete_topics(settings: Settings, topics: list[str]) -> None:
+    """Best effort, for a broker the bench did not start (the embedded one forgets everything anyway)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.broker import client_kwargs
+
+    async def delete() -> None:
+        admin = AIOKafkaAdminClient(**client_kwargs(settings))
+        await admin.start()
+        try:
+            await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+    with contextlib.suppress(Exception):
+        asyncio.run(delete())
+
+
+def _train_model(run: _Run, users: int, seed: int) -> None:
+    from streams.evaluate import train_model
+    from streams.simulator import SimConfig
+    from streams.train import save
+
+    started = time.perf_counter()
+    try:
+        model = train_model(SimConfig(users=users, days=SIM_DAYS, seed=seed), partitions=run.settings.topic_partitions)
+    except ValueError as exc:
+        run.console.print(f"[yellow]no anomaly model ({exc}); the multivariate detector only counts[/yellow]")
+        return
+    path = run.workdir / "anomaly.joblib"
+    save(model, path)
+    run.model_args = ["--anomaly-model", str(path)]
+    run.console.print(
+        f"[dim]anomaly model trained on {model.trained_users:,} users of another seed in "
+        f"{time.perf_counter() - started:.1f}s (the pipeline runs every detector)[/dim]"
+    )
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator and denominator else None
+
+
+def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
+    """Run the selected variants on one freshly produced data set; returns the JSON-ready result."""
+    unknown = [v for v in options.only if v not in VARIANTS]
+    if unknown:
+        raise BenchError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if options.workers > 1 and "c" not in options.only:
+        raise BenchError("--workers needs variant c (the pipeline)")
+    if options.workers > options.partitions:
+        raise BenchError(f"--workers {options.workers} exceeds --partitions {options.partitions}: some would idle")
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "settings": {
+            "events": options.events,
+            "partitions": options.partitions,
+            "only": list(options.only),
+            "workers": options.workers,
+            "seed": options.seed,
+            "broker": options.bootstrap or "embedded tansu (memory storage)",
+        },
+        "variants": {},
+    }
+    events, users = simulated_events(options.events, options.seed)
+    result["settings"].update(users=users, days=SIM_DAYS, avg_event_bytes=_average_size(events))
+    console.print(
+        f"[bold]simulator[/bold] {len(events):,} decisions from {users:,} users (the first of {SIM_DAYS:g} days), "
+        f"~{result['settings']['avg_event_bytes']} bytes each"
+    )
+    latency_wanted = options.latency and ("c" in options.only or options.latency_rate is not None)
+    if options.latency and not latency_wanted:
+        console.print("[dim]no latency phase: it runs at half of c's throughput (add c, or give --latency-rate)[/dim]")
+    with _workspace(options.workdir) as workdir, _broker(options.bootstrap, console) as bootstrap:
+        settings = Settings().with_overrides(bootstrap=bootstrap, topic_partitions=options.partitions)
+        run = _Run(settings=settings, workdir=workdir, run_id=uuid.uuid4().hex[:8], console=console)
+        try:
+            if "c" in options.only or latency_wanted:
+                _train_model(run, users, options.seed)
+            produced = _produce_all(run, run.name("decisions"), events, "produce")
+            targets = produced["targets"]
+            result["produced"] = {
+                "events": len(events),
+                "targets": {str(p): o for p, o in sorted(targets.items())},
+                "seconds": produced["seconds"],
+                "events_per_second": produced["events_per_second"],
+            }
+            for variant in VARIANTS:
+                if variant not in options.only:
+                    continue
+                if variant == "c":
+                    outcome = _run_pipeline(run, run.name("decisions"), targets)
+                else:
+                    outcome = _run_child(run, variant, run.name("decisions"), targets)
+                result["variants"][variant] = outcome
+                console.print(
+                    f"  {variant:<3}{outcome['events_per_second']:>10,.0f} events/s  "
+                    f"({outcome['events']:,} in {outcome['seconds']:.1f}s, peak RSS {_mib(outcome['peak_rss_bytes'])})",
+                    highlight=False,
+                )
+            rates = {v: r["events_per_second"] for v, r in result["variants"].items()}
+            result["ratios"] = {
+                f"c/{v}": ratio(rates.get("c"), rates.get(v)) for v in ("b", "b2", "a") if v in rates and "c" in rates
+            }
+            if options.workers > 1:
+                one = _run_scaling(run, events, 1)
+                many = _run_scaling(run, events, options.workers)
+                result["scaling"] = {
+                    "workers": options.workers,
+                    "one": one,
+                    "many": many,
+                    "ratio": ratio(many["events_per_second"], one["events_per_second"]),
+                    "ratio_vs_c": ratio(many["events_per_second"], rates.get("c")),
+                }
+            if latency_wanted:
+                basis = "--latency-rate"
+                rate = options.latency_rate
+                if rate is None:
+                    rate, basis = 0.5 * rates["c"], "50% of c"
+                count = min(len(events), options.latency_events or len(events))
+                result["latency"] = _run_latency(run, events[:count], rate, basis)
+        finally:
+            run.close()
+            if options.bootstrap is not None:
+                _delete_topics(settings, run.topics)
+        if options.workdir is not None:
+            result["workdir"] = str(workdir)
+    result["seconds"] = time.perf_counter() - started
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def _average_size(events: Sequence[dict[str, Any]]) -> int:
+    import orjson
+
+    sample = events[:: max(1, len(events) // 1000)]
+    return round(sum(len(orjson.dumps(e)) for e in sample) / max(1, len(sample)))
+
+
+# -- reports ------------------------------------------------------------------------------------------------------
+def _mib(n: int | None) -> str:
+    return f"{n / (1 << 20):,.0f} MiB" if n else "-"
+
+
+def _x(value: float | None) -> str:
+    return f"{value:.2f}×" if value else "-"
+
+
+def _rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """(variant, what, events and seconds, events/s, c ÷ this, peak RSS) for every variant run."""
+    c = result["variants"].get("c", {}).get("events_per_second")
+    rows = []
+    for variant, r in result["variants"].items():
+        rows.append(
+            (
+                variant,
+                r["what"],
+                f"{r['events']:,} in {r['seconds']:.1f} s",
+                f"{r['events_per_second']:,.0f}",
+                _x(ratio(c, r["events_per_second"])) if variant != "c" else "1.00×",
+                _mib(r["peak_rss_bytes"]),
+            )
+        )
+    scaling = result.get("scaling")
+    if scaling:
+        for r in (scaling["one"], scaling["many"]):
+            rows.append(
+                (
+                    r["variant"],
+                    r["what"],
+                    f"{r['events']:,} in {r['seconds']:.1f} s",
+                    f"{r['events_per_second']:,.0f}",
+                    _x(ratio(c, r["events_per_second"])),
+                    _mib(r["peak_rss_bytes"]) + (" each (max)" if r["workers"] > 1 else ""),
+                )
+            )
+    return rows
+
+
+def print_report(result: dict[str, Any], console: Console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    m, s = result["machine"], result["settings"]
+    console.rule("[bold]guardstream bench")
+    console.print(
+        f"{s['events']:,} events (~{s['avg_event_bytes']} bytes, {s['users']:,} users), {s['partitions']} partitions, "
+        f"{s['broker']}; {m['cpu_count']} CPUs, python {m['python']}, faust {m['faust']}, aiokafka {m['aiokafka']}, "
+        f"duckdb {m['duckdb']}; {m['date']}, commit {m.get('commit') or '?'}; "
+        f"produced at {result['produced']['events_per_second']:,.0f} events/s",
+        highlight=False,
+    )
+    table = Table(title="throughput (same data, fresh consumer group each, one run)")
+    for col, justify in (
+        ("variant", "left"),
+        ("what", "left"),
+        ("events", "right"),
+        ("events/s", "right"),
+        ("c ÷ this", "right"),
+        ("peak RSS", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in _rows(result):
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
+    if result.get("ratios"):
+        console.print(
+            "ratios: " + ", ".join(f"{k} = {_x(v)}" for k, v in result["ratios"].items()),
+            highlight=False,
+        )
+    scaling = result.get("scaling")
+    if scaling:
+        console.print(
+            f"scaling: {scaling['workers']} workers = {_x(scaling['ratio'])} one worker fed the same way "
+            f"({_x(scaling['ratio_vs_c'])} c)",
+            highlight=False,
+        )
+    latency = result.get("latency")
+    if latency:
+        console.print(_latency_line(latency), highlight=False)
+
+
+def _latency_line(latency: dict[str, Any]) -> str:
+    head = (
+        f"detection latency (event produced -> alert published) at {latency['rate']:,.0f} events/s "
+        f"({latency['rate_basis']}), {latency['events']:,} events: "
+    )
+    if not latency["alerts"]:
+        return head + "no alerts were raised, so no latency to report"
+    return head + (
+        f"p50 {latency['p50_ms']:,.0f} ms, p95 {latency['p95_ms']:,.0f} ms, p99 {latency['p99_ms']:,.0f} ms, "
+        f"max {latency['max_ms']:,.0f} ms over {latency['alerts']:,} alert changes"
+    )
+
+
+def markdown_report(result: dict[str, Any]) -> str:
+    """The README's results table, regenerated by ``guardstream bench --markdown``."""
+    m, s = result["machine"], result["settings"]
+    lines = [
+        f"{s['events']:,} events of ~{s['avg_event_bytes']} bytes from {s['users']:,} simulated users, "
+        f"{s['partitions']} partitions, {s['broker']}; {m['cpu_count']} CPUs, python {m['python']}, "
+        f"faust {m['faust']}, aiokafka {m['aiokafka']}, duckdb {m['duckdb']}; one run on {m['date']} "
+        f"(commit {m.get('commit') or '?'}, load average {m['load_average_at_start'][0]} at the start).",
+        "",
+        "| variant | what | events/s | c ÷ this | peak RSS |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for variant, what, _, rate, times, rss in _rows(result):
+        lines.append(f"| {variant} | {what} | {rate} | {times} | {rss} |")
+    scaling = result.get("scaling")
+    if scaling:
+        lines += [
+            "",
+            f"{scaling['workers']} workers ÷ 1 worker (both fed after the group settled): {_x(scaling['ratio'])}.",
+        ]
+    latency = result.get("latency")
+    if latency:
+        lines += ["", _latency_line(latency) + "."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])

@@ -1,0 +1,69 @@
+"""``guardstream bench`` at a tiny size, end to end: embedded broker, the raw client, two Faust apps and the
+real pipeline, each in its own process, then the latency phase. No timing assertions: every variant must have
+read exactly what was produced, and the report must hold together."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+GUARDSTREAM = [sys.executable, "-m", "streams.cli"]
+EVENTS = 3000
+
+
+def bench(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GUARDSTREAM, "bench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_bench_measures_every_variant_on_the_same_data(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    result = bench("--events", str(EVENTS), "--json", str(out), "--markdown", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads(out.read_text())
+
+    assert data["produced"]["events"] == EVENTS
+    assert sum(data["produced"]["targets"].values()) == EVENTS, "the offsets acknowledged cover every event"
+    assert set(data["variants"]) == {"a", "b", "b2", "c"}
+    for name, variant in data["variants"].items():
+        assert variant["events"] == EVENTS, f"variant {name} read {variant['events']} of {EVENTS}"
+        assert variant["events_per_second"] > 0 and variant["seconds"] > 0, name
+        assert variant["peak_rss_bytes"] > 10 << 20, f"variant {name}: a Python process's peak RSS"
+    assert data["variants"]["c"]["decisions"] == EVENTS, "the pipeline stored every decision once"
+    assert set(data["ratios"]) == {"c/a", "c/b", "c/b2"}
+    assert all(r > 0 for r in data["ratios"].values())
+
+    latency = data["latency"]
+    assert latency["events"] == EVENTS and latency["rate_basis"] == "50% of c"
+    assert latency["rate"] == pytest.approx(data["variants"]["c"]["events_per_second"] / 2)
+    assert latency["alerts"] == latency["alert_changes"] - latency["changes"].get("resolved", 0)
+    if latency["alerts"]:
+        assert latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+        assert latency["min_ms"] > -1000, "alert timestamps are publish times, after the events they report"
+
+    assert "guardstream bench" in result.stdout
+    assert "| variant | what | events/s | c ÷ this | peak RSS |" in result.stdout
+
+
+def test_bench_errors_are_one_line(tmp_path: Path) -> None:
+    result = bench("--only", "a,x", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown variant(s) x" in result.stderr and "Traceback" not in result.stderr
+
+    result = bench("--workers", "5", "--partitions", "4", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--workers 5 exceeds --partitions 4" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_pipeline_worker_that_dies_is_reported_with_its_log(tmp_path: Path) -> None:
+    env = {**os.environ, "GUARDSTREAM_DETECTOR_CONFIG": str(tmp_path / "missing.toml")}
+    result = bench("--events", "500", "--only", "c", "--skip-latency", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "error: pipeline worker 0 (c)" in " ".join(result.stderr.split())
+    assert "missing.toml" in result.stderr, "the tail of the worker's log says why"
+    assert not result.stderr.lstrip().startswith("Traceback")
