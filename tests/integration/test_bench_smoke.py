@@ -62,8 +62,10 @@ def test_bench_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_a_pipeline_worker_that_dies_is_reported_with_its_log(tmp_path: Path) -> None:
     env = {**os.environ, "GUARDSTREAM_DETECTOR_CONFIG": str(tmp_path / "missing.toml")}
-    result = bench("--events", "500", "--only", "c", "--skip-latency", cwd=tmp_path, env=env)
+    work = tmp_path / "work"  # kept after a failure, for its logs
+    result = bench("--events", "500", "--only", "c", "--skip-latency", "--workdir", str(work), cwd=tmp_path, env=env)
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert "error: pipeline worker 0 (c)" in " ".join(result.stderr.split())
     assert "missing.toml" in result.stderr, "the tail of the worker's log says why"
+    assert (work / "c-worker-0.log").exists()
     assert not result.stderr.lstrip().startswith("Traceback")
