@@ -17,6 +17,10 @@ import msgspec
 
 SCHEMA_V1 = "guardrail.decision/v1"
 MAX_EVENT_BYTES = 1_048_576  # larger payloads are rejected before parsing: no legitimate decision is that big
+# The contract says "integer >= 0"; the store keeps turn as INTEGER and the sizes as BIGINT. A larger number is
+# rejected here with a reason instead of failing the batch's insert (which stops the worker on every restart).
+MAX_TURN = 2**31 - 1
+MAX_CHARS = 2**63 - 1
 
 Score = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Threshold = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
@@ -97,25 +101,50 @@ def decode(raw: bytes | None, *, pseudonym_key: bytes | None = None) -> Decision
     except UnicodeDecodeError:
         return Rejection("invalid_encoding", "message is not valid UTF-8")
     except msgspec.DecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
+        if not _is_utf8(raw):
             return Rejection("invalid_encoding", "message is not valid UTF-8")
+        if _utf16_or_32(raw):
+            return Rejection("invalid_encoding", "message looks UTF-16 or UTF-32 encoded (NUL bytes); JSON is UTF-8")
         return Rejection("invalid_json", str(exc))
+    except RecursionError:  # msgspec recurses per nesting level, also to skip an unknown field
+        return Rejection("invalid_json", "JSON nested too deeply to decode")
     except Exception as exc:  # the decoder must never take the worker down, whatever the bytes
         return Rejection("invalid_json", f"undecodable message: {type(exc).__name__}: {exc}")
+    if not raw.isascii() and not _is_utf8(raw):
+        # msgspec checks the strings it decodes, not the ones it skips (unknown fields): the whole message must be
+        # UTF-8 all the same (RFC 8259), or a latin-1 producer passes as long as only its extra fields are accented
+        return Rejection("invalid_encoding", "message is not valid UTF-8")
     if event.schema != SCHEMA_V1:
         return Rejection("unsupported_schema", f"schema {event.schema!r} is not {SCHEMA_V1!r}")
     if event.ts.tzinfo is None:
         return Rejection("naive_timestamp", "ts has no time zone; RFC 3339 requires one (e.g. 'Z')")
     if event.latency_ms is not None and not math.isfinite(event.latency_ms):
         return Rejection("non_finite_number", "latency_ms is not finite")
+    if event.turn is not None and event.turn > MAX_TURN:
+        return Rejection("schema_violation", f"Expected `int` <= {MAX_TURN} - at `$.turn`")
+    for name, chars in (("input_chars", event.input_chars), ("output_chars", event.output_chars)):
+        if chars is not None and chars > MAX_CHARS:
+            return Rejection("schema_violation", f"Expected `int` <= {MAX_CHARS} - at `$.{name}`")
     replace: dict[str, object] = {}
     if event.text is not None:
         replace["text"] = None  # raw text never travels past the decoder
     if pseudonym_key is not None:
         replace["user_id"] = pseudonymize(event.user_id, pseudonym_key)
     return msgspec.structs.replace(event, **replace) if replace else event
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _utf16_or_32(raw: bytes) -> bool:
+    """UTF-16/32 JSON: a byte order mark, or NUL bytes among the first four (RFC 4627's detection; JSON text
+    never contains a raw NUL)."""
+    return raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:4]
 
 
 def pseudonymize(raw_user_id: str, key: bytes) -> str:

@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 EXIT_PIPELINE_FAILURE = 70
 DLQ_MAX_VALUE_BYTES = 512 * 1024  # larger rejected payloads are truncated in the DLQ (the header says so)
+DLQ_MAX_KEY_BYTES = 64 * 1024  # keys are user ids (<= 256 chars); a longer one is cut too (its own header)
 
 
 def faust_broker_credentials(settings: Settings) -> Any:
@@ -212,7 +213,7 @@ class Service:
         now = datetime.now(UTC).isoformat().encode()
         futures = []
         for letter in letters:
-            value = letter.message.value or b""
+            key, value = letter.message.key, letter.message.value or b""
             headers = [
                 ("guardstream.reason_code", letter.code.encode()),
                 ("guardstream.reason", letter.detail[:1000].encode("utf-8", "replace")),
@@ -225,9 +226,15 @@ class Service:
             if len(value) > DLQ_MAX_VALUE_BYTES:
                 value = value[:DLQ_MAX_VALUE_BYTES]
                 headers.append(("guardstream.truncated", b"true"))
+            # Bounded key too: a DLQ record over the producer's (or the broker's) size limit fails the batch, and the
+            # restart meets the same message again. Value, key and headers stay under 1 MB, Kafka's default limit.
+            if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+                headers.append(("guardstream.original_key_size", str(len(key)).encode()))
+                headers.append(("guardstream.key_truncated", b"true"))
+                key = key[:DLQ_MAX_KEY_BYTES]
             futures.append(
                 await producer.send(
-                    self.settings.dlq_topic, letter.message.key, value, partition=None, timestamp=None, headers=headers
+                    self.settings.dlq_topic, key, value, partition=None, timestamp=None, headers=headers
                 )
             )
         await asyncio.gather(*futures)
