@@ -353,6 +353,46 @@ def export(
 
 
 @app.command()
+def rebuild(
+    bootstrap: Bootstrap = None,
+    db: Annotated[Path | None, typer.Option(help="the new DuckDB file to write (must not exist)")] = None,
+    idle_seconds: Annotated[
+        float, typer.Option(min=0.5, help="stop once the topic has had nothing new for this long")
+    ] = 5.0,
+) -> None:
+    """Recompute a store from the decisions topic (from offset 0, while Kafka retains it).
+
+    Same batch path as `guardstream run`, same settings (detector config, anomaly model, pseudonym key),
+    so the result equals the store the workers built. Uses no consumer group; publishes nothing."""
+    from streams.rebuild import RebuildError, RebuildResult
+    from streams.rebuild import rebuild as run_rebuild
+
+    settings = Settings().with_overrides(bootstrap=bootstrap, db=db)
+    with Progress(
+        TextColumn("rebuilding {task.description}"),
+        TextColumn("{task.completed:,} messages"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(str(settings.db), total=None)
+
+        def show(result: RebuildResult) -> None:
+            bar.update(task, completed=result.messages)
+
+        try:
+            result = asyncio.run(run_rebuild(settings, idle_seconds=idle_seconds, progress=show))
+        except RebuildError as exc:
+            raise fail(str(exc)) from exc
+        except Exception as exc:
+            raise fail(f"{type(exc).__name__}: {exc}") from exc
+    console.print(
+        f"rebuilt {settings.db}: {result.messages:,} messages, {result.decisions:,} decisions, "
+        f"{result.duplicates:,} duplicates, {result.dead_letters:,} dead letters, "
+        f"{result.alert_changes:,} alert changes in {result.seconds:.1f}s; offsets {result.partitions}"
+    )
+
+
+@app.command()
 def demo(
     users: Annotated[int, typer.Option(min=50, help="simulated users")] = 1000,
     days: Annotated[float, typer.Option(min=0.5, help="days of event time")] = 7.0,

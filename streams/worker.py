@@ -39,12 +39,8 @@ def running_service(db: Path) -> dict[str, Any] | None:
     return info if pid_alive(int(info.get("pid", 0))) else None
 
 
-def run_worker(settings: Settings, loglevel: str = "warning") -> None:
-    """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
-    if settings.web_port == 0:
-        settings = settings.with_overrides(web_port=free_port(settings.web_host))
-    store = Store(settings.db)
-    asyncio.run(ensure_topics(settings))
+def build_pipeline(settings: Settings, store: Store) -> Pipeline:
+    """The pipeline every path uses (worker, rebuild): detector config, anomaly model, pseudonym key."""
     model = None
     if settings.anomaly_model is not None:
         from streams.train import load
@@ -53,7 +49,16 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         log.warning("multivariate anomaly model %s loaded from %s", model.version, settings.anomaly_model)
     config = load_detector_config(settings.detector_config, band=settings.hugging_band)
     engine = build_engine(msgspec.structs.replace(config, anomaly_model=model))
-    pipeline = Pipeline(store, engine, topic=settings.decisions_topic, pseudonym_key=settings.pseudonym_key_bytes())
+    return Pipeline(store, engine, topic=settings.decisions_topic, pseudonym_key=settings.pseudonym_key_bytes())
+
+
+def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
+    if settings.web_port == 0:
+        settings = settings.with_overrides(web_port=free_port(settings.web_host))
+    store = Store(settings.db)
+    asyncio.run(ensure_topics(settings))
+    pipeline = build_pipeline(settings, store)
     service = Service(settings, store, pipeline, Metrics())
     app = create_app(settings, service)
     announce = service_file(settings.db)

@@ -20,6 +20,7 @@ from detectors.registry import build_engine
 from streams.broker import free_port
 from streams.pipeline import Message, Pipeline
 from streams.produce import bad_events, produce
+from streams.rebuild import rebuild
 from streams.settings import Settings
 from streams.simulator import SimConfig, simulate
 from streams.store import Store, open_read_only
@@ -56,8 +57,9 @@ def offline_truth(settings: Settings, records: list[Any], db: Path) -> None:
     pipeline.store.close()
 
 
-def run_worker(env: dict[str, str], log: Path, kill_at: float | None, total: int = 0) -> None:
-    """Start a worker; SIGKILL it once ``kill_at`` messages are committed, or stop it cleanly at the end."""
+def run_worker(env: dict[str, str], log: Path, kill_at: float | None, total: int = 0, read_all: bool = False) -> None:
+    """Start a worker; SIGKILL it once ``kill_at`` messages are committed, or stop it cleanly at the end
+    (with ``read_all``, once it has read every message, whether or not it was new)."""
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen([*GUARDSTREAM, "run", "--web-port", str(port)], env=env, stdout=out, stderr=out)
@@ -65,7 +67,8 @@ def run_worker(env: dict[str, str], log: Path, kill_at: float | None, total: int
     try:
         wait_until(lambda: get_json(url + "/status")["partitions"], 90, "the worker to serve /status")
         if kill_at is None:
-            wait_until(lambda: committed(url) >= total, 120, "the last worker to reach the end")
+            done = (lambda: get_json(url + "/status")["counts"]["messages"] >= total) if read_all else None
+            wait_until(done or (lambda: committed(url) >= total), 120, "the worker to reach the end")
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0, log.read_text()[-3000:]
         else:
@@ -108,3 +111,15 @@ def test_kill_9_mid_stream_then_restart_equals_one_clean_pass(settings: Settings
     assert streamed["changes"], "the simulated attackers raise alerts"
     for table in TABLES:
         assert streamed[table] == truth[table], f"{table} differs from the offline ground truth"
+
+    # Replay idempotence: a worker in a new consumer group re-reads the whole topic from offset 0 into
+    # the existing store: nothing changes.
+    replay = {**env, "GUARDSTREAM_CONSUMER_GROUP": settings.consumer_group + "-replay"}
+    run_worker(replay, tmp_path / "worker-replay.log", kill_at=None, total=total, read_all=True)
+    assert snapshot(settings.db) == truth
+
+    # Rebuild: a new store recomputed from the topic equals the one the workers built.
+    rebuilt = settings.with_overrides(db=tmp_path / "rebuilt.duckdb")
+    result = asyncio.run(rebuild(rebuilt, idle_seconds=2.0))
+    assert result.messages == total and result.decisions == len(sim.events)
+    assert snapshot(rebuilt.db) == truth
