@@ -76,6 +76,23 @@ class Prepared:
     offsets: dict[int, int] = field(default_factory=dict)
     already_committed: int = 0  # below the stored offset: processed before a restart
     not_assigned: int = 0  # partition revoked while the batch was in flight: the new owner reads it
+    repeated: int = 0  # copies of an event_id already in this batch (duplicates never sent to the store)
+
+    def extend(self, later: Prepared) -> None:
+        """Append a batch prepared after this one, to commit both in one transaction. An event_id that is
+        in both stays with its first copy; the second counts as a repeat, as inside one batch."""
+        ids = {a.obs.event.event_id for a in self.accepted}
+        for item in later.accepted:
+            if item.obs.event.event_id in ids:
+                self.repeated += 1
+            else:
+                self.accepted.append(item)
+        self.repeated += later.repeated
+        self.dead_letters += later.dead_letters
+        for partition, next_offset in later.offsets.items():
+            self.offsets[partition] = max(self.offsets.get(partition, 0), next_offset)
+        self.already_committed += later.already_committed
+        self.not_assigned += later.not_assigned
 
 
 @dataclass(slots=True)
@@ -141,7 +158,8 @@ class Pipeline:
                 out.dead_letters.append(DeadLetter(msg, result.code, result.detail))
                 continue
             if result.event_id in seen:
-                continue  # a duplicate inside one batch; counted with the stored duplicates below
+                out.repeated += 1  # a duplicate inside one batch; counted with the stored duplicates
+                continue
             seen.add(result.event_id)
             obs = observe(result, int(result.ts.timestamp() * 1000))
             outcomes = obs.outcomes
@@ -160,7 +178,7 @@ class Pipeline:
         returns the failing events in ``Outcome.retry``: the caller publishes them to the dead-letter topic
         and calls again with them in ``failed``; those events are then stored but kept from the detectors."""
         failed = failed or {}
-        outcome = Outcome()
+        outcome = Outcome(duplicates=prepared.repeated)
         store = self.store
         store.begin()
         try:

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(
         10.0, gt=0, description="consumer group session timeout: how soon a dead worker's partitions move"
     )
+    fetch_max_wait_ms: int = Field(
+        100,
+        ge=1,
+        le=30_000,
+        description="longest a fetch waits for data at the broker (Faust hard-codes 1500; the embedded broker "
+        "always waits it out, so it adds straight to detection latency)",
+    )
     rebalance_timeout_seconds: float = Field(
         10.0, gt=0, description="how long a rebalance waits for members to rejoin (also the start-up join wait)"
     )
@@ -39,7 +46,12 @@ class Settings(BaseSettings):
     # Pipeline
     db: Path = Field(Path("guardstream.duckdb"), description="DuckDB file; this process is its one writer")
     batch_max_events: int = Field(5000, ge=1, description="largest batch handed to the detectors and the sink")
-    batch_max_seconds: float = Field(0.5, gt=0, description="longest a partial batch waits before it is processed")
+    batch_max_seconds: float = Field(
+        0.05,
+        gt=0,
+        description="longest the agent waits to fill a batch; under load the committer merges queued batches "
+        "up to batch_max_events, so a short wait costs little throughput and keeps detection latency low",
+    )
     hugging_band: float = Field(0.2, gt=0, lt=1, description="a decision hugs when 0 < margin <= band*threshold")
     detector_config: Path | None = Field(
         None, description="TOML file overriding detector thresholds (see `guardstream detectors`)"

@@ -135,8 +135,7 @@ def run_read_only(conn: duckdb.DuckDBPyConnection, sql: str, params: QueryParams
 # One row per (new decision, category with a score and a threshold): the per-category outcome that the
 # daily aggregates and the category metrics count. hugging_categories / blocked_categories were decided
 # by the detectors' band in Python; this only unnests them.
-DAILY_OUTCOMES_SQL = """
-CREATE TEMP TABLE batch_outcomes AS
+BATCH_OUTCOMES_SQL = """
 SELECT tenant, user_id, stage, e.key AS category, e.value AS score,
        DATE '1970-01-01' + CAST(epoch_ms(ts) // 86400000 AS INTEGER) AS day,
        CASE WHEN list_contains(blocked_categories, e.key) THEN 'blocked'
@@ -231,19 +230,21 @@ class Store:
         conn = self.conn
         conn.register("decisions_batch", decisions)
         try:
-            conn.execute(DAILY_OUTCOMES_SQL, [list(new_ids)])
+            ids = [list(new_ids)]
             conn.execute(
                 "INSERT INTO user_category_daily BY NAME "
                 "SELECT tenant, user_id, category, day, count(*) AS decisions, "
                 "count(*) FILTER (WHERE outcome = 'blocked') AS blocks, "
                 "count(*) FILTER (WHERE outcome = 'hugging') AS hugs, sum(score) AS score_sum "
-                "FROM batch_outcomes GROUP BY ALL "
+                f"FROM ({BATCH_OUTCOMES_SQL}) GROUP BY ALL "
                 "ON CONFLICT (tenant, user_id, category, day) DO UPDATE SET "
                 "decisions = decisions + excluded.decisions, blocks = blocks + excluded.blocks, "
-                "hugs = hugs + excluded.hugs, score_sum = score_sum + excluded.score_sum"
+                "hugs = hugs + excluded.hugs, score_sum = score_sum + excluded.score_sum",
+                ids,
             )
-            rows = conn.execute("SELECT stage, category, outcome, count(*) FROM batch_outcomes GROUP BY ALL").fetchall()
-            conn.execute("DROP TABLE batch_outcomes")
+            rows = conn.execute(
+                f"SELECT stage, category, outcome, count(*) FROM ({BATCH_OUTCOMES_SQL}) GROUP BY ALL", ids
+            ).fetchall()
         finally:
             conn.unregister("decisions_batch")
         return [(str(s), str(c), str(o), int(n)) for s, c, o, n in rows]
@@ -282,17 +283,27 @@ class Store:
                 "ON CONFLICT (kafka_partition, tenant, user_id) DO UPDATE SET state = excluded.state"
             )
             conn.unregister("state_batch")
-        for partition, blob, watermark in cp.populations:
-            conn.execute(
-                "INSERT INTO population_state VALUES (?, ?, ?) ON CONFLICT (kafka_partition) "
-                "DO UPDATE SET state = excluded.state, watermark_ms = excluded.watermark_ms",
-                [partition, blob, watermark],
+        # One statement per table, whatever the number of partitions: DuckDB's cost here is per statement.
+        if cp.populations:
+            populations = pa.table(
+                {
+                    "kafka_partition": pa.array([p[0] for p in cp.populations], pa.int32()),
+                    "state": pa.array([p[1] for p in cp.populations], pa.binary()),
+                    "watermark_ms": pa.array([p[2] for p in cp.populations], pa.int64()),
+                }
             )
-        for partition, next_offset in cp.offsets.items():
+            conn.register("populations_batch", populations)
             conn.execute(
-                "INSERT INTO consumer_offsets VALUES (?, ?, ?, now()) ON CONFLICT (topic, kafka_partition) "
+                "INSERT INTO population_state BY NAME SELECT * FROM populations_batch ON CONFLICT (kafka_partition) "
+                "DO UPDATE SET state = excluded.state, watermark_ms = excluded.watermark_ms"
+            )
+            conn.unregister("populations_batch")
+        if cp.offsets:
+            conn.execute(
+                "INSERT INTO consumer_offsets SELECT ?, unnest(?::INTEGER[]), unnest(?::BIGINT[]), now() "
+                "ON CONFLICT (topic, kafka_partition) "
                 "DO UPDATE SET next_offset = greatest(next_offset, excluded.next_offset), updated_at = now()",
-                [cp.topic, partition, next_offset],
+                [cp.topic, list(cp.offsets), list(cp.offsets.values())],
             )
         conn.execute("COMMIT")
 
