@@ -41,6 +41,7 @@ log = logging.getLogger("guardstream.app")
 T = TypeVar("T")
 
 EXIT_PIPELINE_FAILURE = 70
+EXIT_STALLED = 71
 DLQ_MAX_VALUE_BYTES = 512 * 1024  # larger rejected payloads are truncated in the DLQ (the header says so)
 DLQ_MAX_KEY_BYTES = 64 * 1024  # keys are user ids (<= 256 chars); a longer one is cut too (its own header)
 
@@ -102,6 +103,7 @@ class Service:
         self.started_at = time.time()
         self.first_batch_at: float | None = None
         self.last_commit_at: float | None = None
+        self.progress_at = time.time()  # the last commit or partition assignment, for the liveness check
         self.counts = {"messages": 0, "decisions": 0, "duplicates": 0, "dead_letters": 0, "alert_changes": 0}
         self.app: faust.App | None = None
         self.top_huggers: list[dict[str, Any]] = []
@@ -209,6 +211,30 @@ class Service:
         c["dead_letters"] += len(rejected) + len(outcome.dead_letters)
         c["alert_changes"] += len(outcome.changes)
         self.update_lag()
+
+    def waiting(self) -> int:
+        """Messages in the assigned partitions that are not committed yet."""
+        assert self.app is not None
+        consumer = self.app.consumer
+        total = 0
+        for partition, next_offset in self.pipeline.next_offsets.items():
+            highwater = consumer.highwater(faust.types.TP(self.settings.decisions_topic, partition))
+            if highwater is not None:
+                total += max(0, int(highwater) - next_offset)
+        return total
+
+    def stall_reason(self, now: float) -> str | None:
+        """Why this worker should stop, if work waits and nothing has committed for ``stall_seconds``."""
+        since = max(self.last_commit_at or 0.0, self.progress_at)
+        if now - since < self.settings.stall_seconds:
+            return None
+        waiting = self.waiting()
+        if not waiting:
+            return None
+        return (
+            f"{waiting:,} messages wait and nothing was committed for {now - since:.0f}s "
+            f"(GUARDSTREAM_STALL_SECONDS={self.settings.stall_seconds:g}); exiting so a supervisor restarts it"
+        )
 
     def update_lag(self) -> None:
         assert self.app is not None
@@ -424,6 +450,15 @@ def create_app(settings: Settings, service: Service) -> faust.App:
         if partitions:
             async with service.lock:
                 await service.db(service.pipeline.assign, partitions)
+        service.progress_at = time.time()
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+    async def liveness() -> None:
+        reason = service.stall_reason(time.time())
+        if reason is not None:
+            log.critical("stalled: %s", reason)
+            logging.shutdown()
+            os._exit(EXIT_STALLED)
 
     @app.task  # type: ignore[untyped-decorator]
     async def publish_pending_alerts() -> None:

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         None, description="if set, user ids are replaced by HMAC-SHA256(key, user_id) before anything is stored"
     )
 
+    stall_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="liveness: exit with code 71 when messages wait and nothing committed for this long "
+        "(an agent that died or a store that hangs must not idle silently; alert GuardstreamNoCommits)",
+    )
+
     # Serving (metrics, status and the read-only query endpoint)
     web_host: str = Field("127.0.0.1", description="interface for /metrics, /status and /query (loopback)")
     web_port: int = Field(6066, ge=0, le=65535, description="port for /metrics, /status and /query")
