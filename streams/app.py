@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import faust
@@ -451,6 +451,16 @@ def create_app(settings: Settings, service: Service) -> faust.App:
             async with service.lock:
                 await service.db(service.pipeline.assign, partitions)
         service.progress_at = time.time()
+
+    if settings.retention_days is not None:
+        days = settings.retention_days
+
+        @app.timer(interval=3600.0, on_leader=False)  # type: ignore[untyped-decorator]
+        async def retention() -> None:
+            cutoff = datetime.now(UTC) - timedelta(days=days)
+            async with service.lock:
+                deleted = await service.db(service.store.apply_retention, cutoff)
+            log.warning("retention: deleted rows older than %s: %s", cutoff.isoformat(), deleted)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def liveness() -> None:

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         None, description="if set, user ids are replaced by HMAC-SHA256(key, user_id) before anything is stored"
     )
 
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="delete decisions, daily aggregates, published alert history, resolved alerts and dead "
+        "letters older than this many days (hourly, by event time); unset keeps everything",
+    )
     stall_seconds: float = Field(
         300.0,
         gt=0,

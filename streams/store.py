@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +307,30 @@ class Store:
                 [cp.topic, list(cp.offsets), list(cp.offsets.values())],
             )
         conn.execute("COMMIT")
+
+    def apply_retention(self, cutoff: datetime) -> dict[str, int]:
+        """Delete what is older than ``cutoff`` (event time for decisions, aggregates and alert history;
+        arrival for dead letters). Open alerts and detector state stay: they are the running picture.
+        A deleted decision's event_id no longer dedupes, so keep more than the producers' retry window."""
+        conn = self.conn
+        day = cutoff.date()
+        deleted = {}
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            for table, where, params in (
+                ("decisions", "ts < ?", [cutoff]),
+                ("user_category_daily", "day < ?", [day]),
+                ("alert_changes", "ts < ? AND published", [cutoff]),
+                ("dead_letters", "ingested_at < ?", [cutoff]),
+                ("alerts", "status = 'resolved' AND last_ts < ?", [cutoff]),
+            ):
+                row = conn.execute(f"DELETE FROM {table} WHERE {where} RETURNING 1", params).fetchall()
+                deleted[table] = len(row)
+            conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        return deleted
 
     def rollback(self) -> None:
         with contextlib.suppress(duckdb.Error):

@@ -272,3 +272,22 @@ def test_batches_merged_into_one_commit_equal_separate_commits(tmp_path: Path, s
     two.store.close()
     assert outcome.duplicates == 200
     assert snapshot(tmp_path / "merged.duckdb") == snapshot(tmp_path / "separate.duckdb")
+
+
+def test_retention_deletes_only_what_is_older_than_the_cutoff(tmp_path: Path, stream: list[Message]) -> None:
+    db = tmp_path / "retention.duckdb"
+    p = pipeline(db)
+    process(p, stream)
+    conn = p.store.conn
+    low, high = conn.execute("SELECT min(ts), max(ts) FROM decisions").fetchone()  # type: ignore[misc]
+    cutoff = low + (high - low) / 2
+    older = conn.execute("SELECT count(*) FROM decisions WHERE ts < ?", [cutoff]).fetchone()
+    total = conn.execute("SELECT count(*) FROM decisions").fetchone()
+    open_alerts = conn.execute("SELECT count(*) FROM alerts WHERE status = 'open'").fetchone()
+    deleted = p.store.apply_retention(cutoff)
+    assert deleted["decisions"] == older[0] > 0  # type: ignore[index]
+    assert conn.execute("SELECT count(*) FROM decisions").fetchone() == (total[0] - older[0],)  # type: ignore[index]
+    assert conn.execute("SELECT count(*) FROM decisions WHERE ts < ?", [cutoff]).fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM user_category_daily WHERE day < ?", [cutoff.date()]).fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM alerts WHERE status = 'open'").fetchone() == open_alerts
+    p.store.close()
