@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import logging
 import os
 import tempfile
@@ -387,6 +388,16 @@ def set_fetch_max_wait(ms: int) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
 
 
+def web_ssl_context(settings: Settings) -> Any:
+    if not settings.web_tls_cert:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(settings.web_tls_cert), str(settings.web_tls_key) if settings.web_tls_key else None)
+    return context
+
+
 def create_app(settings: Settings, service: Service) -> faust.App:
     set_fetch_max_wait(settings.fetch_max_wait_ms)
     app = faust.App(
@@ -405,6 +416,7 @@ def create_app(settings: Settings, service: Service) -> faust.App:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_ssl_context=web_ssl_context(settings),
         web_in_thread=False,
         producer_linger_ms=5,
         broker_session_timeout=settings.session_timeout_seconds,
@@ -474,13 +486,27 @@ def create_app(settings: Settings, service: Service) -> faust.App:
     async def publish_pending_alerts() -> None:
         await service.publish_outbox()  # alerts committed before a crash but never acknowledged
 
+    authorization = settings.web_authorization()
+
+    class Guarded(View):
+        """Every endpoint: basic auth when it is configured (401 otherwise), in constant time."""
+
+        async def dispatch(self, request: Any) -> Any:
+            if authorization is not None:
+                given = request.headers.get("Authorization", "") if getattr(request, "headers", None) else ""
+                if not hmac.compare_digest(given.encode(), authorization.encode()):
+                    response = self.bytes(b"authentication required", status=401, content_type="text/plain")
+                    response.headers["WWW-Authenticate"] = 'Basic realm="guardstream"'
+                    return response
+            return await super().dispatch(request)
+
     @app.page("/metrics")
-    class MetricsView(View):
+    class MetricsView(Guarded):
         async def get(self, request: Request) -> Response:
             return self.bytes(service.metrics.exposition(), content_type=CONTENT_TYPE)
 
     @app.page("/status")
-    class StatusView(View):
+    class StatusView(Guarded):
         async def get(self, request: Request) -> Response:
             return self.json(service.status())
 
@@ -489,7 +515,7 @@ def create_app(settings: Settings, service: Service) -> faust.App:
         service.metrics.observe_verdicts(await service.db(service.store.verdict_counts))
 
     @app.page("/verdict")
-    class VerdictView(View):
+    class VerdictView(Guarded):
         """Record an analyst's verdict while this process holds the store (``guardstream verdict``)."""
 
         async def post(self, request: Request) -> Response:
@@ -507,7 +533,7 @@ def create_app(settings: Settings, service: Service) -> faust.App:
             return self.json({"alert_id": alert_id, "verdict": verdict, "detector": detector})
 
     @app.page("/query")
-    class QueryView(View):
+    class QueryView(Guarded):
         async def post(self, request: Request) -> Response:
             headers = getattr(request, "headers", None)
             try:

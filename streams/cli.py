@@ -556,11 +556,11 @@ def verdict(
     target = url or (service["url"] if service else None)
     if target is not None:
         body = orjson.dumps({"alert_id": alert_id, "verdict": value, "note": note, "analyst": analyst})
-        request = urllib.request.Request(
-            target.rstrip("/") + "/verdict", data=body, method="POST", headers={"Content-Type": "application/json"}
-        )
+        from streams.query import open_service, service_request
+
+        request = service_request(target.rstrip("/") + "/verdict", body, {"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with open_service(request, 30) as response:
                 detector = json.loads(response.read())["detector"]
         except urllib.error.HTTPError as exc:
             raise fail(exc.read().decode("utf-8", "replace")) from exc

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,9 @@ class DemoResult:
 
 
 def _get_json(url: str, timeout: float = 2.0) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    from streams.query import open_service, service_request
+
+    with open_service(service_request(url), timeout) as response:
         data: dict[str, Any] = json.loads(response.read())
         return data
 

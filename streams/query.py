@@ -11,15 +11,34 @@ import json
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
+from streams.settings import Settings
 from streams.store import QueryParams, QueryRefused, open_read_only, run_read_only
 from streams.worker import running_service
 
 
 class QueryFailed(RuntimeError):
     pass
+
+
+def service_request(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> urllib.request.Request:
+    """A request to a worker's endpoint, with basic auth when GUARDSTREAM_WEB_USERNAME/PASSWORD are set."""
+    headers = dict(headers or {})
+    authorization = Settings().web_authorization()
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    return urllib.request.Request(url, data=data, method="POST" if data is not None else "GET", headers=headers)
+
+
+def open_service(request: urllib.request.Request, timeout: float) -> Any:
+    """urlopen with the worker's TLS trust (GUARDSTREAM_WEB_TLS_CAFILE or its own certificate) for https."""
+    context = Settings().web_client_context() if request.full_url.startswith("https:") else None
+    return urllib.request.urlopen(request, timeout=timeout, context=context)
 
 
 def query_service(url: str, sql: str, timeout: float = 60.0, params: QueryParams | None = None) -> pa.Table:
@@ -29,11 +48,9 @@ def query_service(url: str, sql: str, timeout: float = 60.0, params: QueryParams
         content_type = "application/json"
     else:
         data, content_type = sql.encode("utf-8"), "text/plain; charset=utf-8"
-    request = urllib.request.Request(
-        url.rstrip("/") + "/query", data=data, method="POST", headers={"Content-Type": content_type}
-    )
+    request = service_request(url.rstrip("/") + "/query", data, {"Content-Type": content_type})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with open_service(request, timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")

@@ -3,6 +3,8 @@ file); CLI flags override. ``guardstream settings`` prints them all with their c
 
 from __future__ import annotations
 
+import base64
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +81,33 @@ class Settings(BaseSettings):
     # Serving (metrics, status and the read-only query endpoint)
     web_host: str = Field("127.0.0.1", description="interface for /metrics, /status and /query (loopback)")
     web_port: int = Field(6066, ge=0, le=65535, description="port for /metrics, /status and /query")
+    web_username: str | None = Field(
+        None, description="if set (with web_password), every endpoint requires HTTP basic auth with it"
+    )
+    web_password: SecretStr | None = Field(None, description="the basic-auth password for web_username")
+    web_tls_cert: Path | None = Field(None, description="PEM certificate: serve the endpoints over HTTPS")
+    web_tls_key: Path | None = Field(None, description="PEM private key of web_tls_cert")
+    web_tls_cafile: Path | None = Field(
+        None, description="CA (or the self-signed certificate) the CLI trusts when it calls a worker over HTTPS"
+    )
+
+    def web_authorization(self) -> str | None:
+        """The ``Authorization`` header value for the worker's endpoints, when basic auth is configured."""
+        if not self.web_username or self.web_password is None:
+            return None
+        token = f"{self.web_username}:{self.web_password.get_secret_value()}".encode()
+        return "Basic " + base64.b64encode(token).decode()
+
+    def web_scheme(self) -> str:
+        return "https" if self.web_tls_cert else "http"
+
+    def web_client_context(self) -> ssl.SSLContext | None:
+        """TLS context for the CLI calling a worker over HTTPS (loopback: the name is not the certificate's)."""
+        if not self.web_tls_cert:
+            return None
+        context = ssl.create_default_context(cafile=str(self.web_tls_cafile or self.web_tls_cert))
+        context.check_hostname = False  # the worker is reached by address; the certificate itself is checked
+        return context
 
     def pseudonym_key_bytes(self) -> bytes | None:
         return self.pseudonym_key.get_secret_value().encode("utf-8") if self.pseudonym_key else None

@@ -66,7 +66,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         json.dumps(
             {
                 "pid": os.getpid(),
-                "url": f"http://{settings.web_host}:{settings.web_port}",
+                "url": f"{settings.web_scheme()}://{settings.web_host}:{settings.web_port}",
                 "db": str(settings.db.resolve()),
             }
         )
