@@ -82,6 +82,7 @@ REJECTION_CODES = (
     "unsupported_schema",
     "naive_timestamp",
     "non_finite_number",
+    "future_timestamp",
     "detector_error",
 )
 

@@ -112,7 +112,16 @@ class _DetectorFailed(Exception):
 
 
 class Pipeline:
-    def __init__(self, store: Store, engine: Engine, *, topic: str, pseudonym_key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        *,
+        topic: str,
+        pseudonym_key: bytes | None = None,
+        max_future_ms: int = 86_400_000,
+    ) -> None:
+        self.max_future_ms = max_future_ms
         self.store = store
         self.engine = engine
         self.band = engine.band  # one band for stored columns and detectors
@@ -161,7 +170,13 @@ class Pipeline:
                 out.repeated += 1  # a duplicate inside one batch; counted with the stored duplicates
                 continue
             seen.add(result.event_id)
-            obs = observe(result, int(result.ts.timestamp() * 1000))
+            ts_ms = int(result.ts.timestamp() * 1000)
+            if msg.timestamp_ms and ts_ms - msg.timestamp_ms > self.max_future_ms:
+                ahead = (ts_ms - msg.timestamp_ms) / 1000
+                detail = f"ts {result.ts.isoformat()} is {ahead:,.0f}s after the record was produced"
+                out.dead_letters.append(DeadLetter(msg, "future_timestamp", detail, result.event_id))
+                continue
+            obs = observe(result, ts_ms)
             outcomes = obs.outcomes
             hugging = [o[0] for o in outcomes if o[2]]
             blocked = [o[0] for o in outcomes if o[3]]

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         "up to batch_max_events, so a short wait costs little throughput and keeps detection latency low",
     )
     hugging_band: float = Field(0.2, gt=0, lt=1, description="a decision hugs when 0 < margin <= band*threshold")
+    max_future_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="reject (future_timestamp) an event whose ts is this far past its Kafka record timestamp: "
+        "event time drives each partition's watermark, and one event dated 9999 would resolve every alert",
+    )
     detector_config: Path | None = Field(
         None, description="TOML file overriding detector thresholds (see `guardstream detectors`)"
     )

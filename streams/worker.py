@@ -49,7 +49,13 @@ def build_pipeline(settings: Settings, store: Store) -> Pipeline:
         log.warning("multivariate anomaly model %s loaded from %s", model.version, settings.anomaly_model)
     config = load_detector_config(settings.detector_config, band=settings.hugging_band)
     engine = build_engine(msgspec.structs.replace(config, anomaly_model=model))
-    return Pipeline(store, engine, topic=settings.decisions_topic, pseudonym_key=settings.pseudonym_key_bytes())
+    return Pipeline(
+        store,
+        engine,
+        topic=settings.decisions_topic,
+        pseudonym_key=settings.pseudonym_key_bytes(),
+        max_future_ms=int(settings.max_future_seconds * 1000),
+    )
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:

@@ -291,3 +291,22 @@ def test_retention_deletes_only_what_is_older_than_the_cutoff(tmp_path: Path, st
     assert conn.execute("SELECT count(*) FROM user_category_daily WHERE day < ?", [cutoff.date()]).fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM alerts WHERE status = 'open'").fetchone() == open_alerts
     p.store.close()
+
+
+def test_an_event_dated_far_past_its_record_time_is_dead_lettered(tmp_path: Path, stream: list[Message]) -> None:
+    """Event time moves the partition's watermark (alerts resolve by it): one event from the year 9999 must
+    not resolve everything, so it goes to the dead-letter topic instead."""
+    p = pipeline(tmp_path / "future.duckdb")
+    first = next(m for m in stream if m.offset < 10_000_000)
+    event = orjson.loads(first.value)
+    produced_ms = 1_800_000_000_000
+    late = {**event, "event_id": "e-future", "ts": "9999-01-01T00:00:00Z"}
+    soon = {**event, "event_id": "e-soon", "ts": "2027-01-15T08:30:00Z"}  # 30 min after the record time
+    msgs = [
+        Message(first.partition, 50_000_000, first.key, orjson.dumps(late), produced_ms),
+        Message(first.partition, 50_000_001, first.key, orjson.dumps(soon), produced_ms),
+    ]
+    prepared = p.prepare(msgs)
+    assert [(d.code, d.event_id) for d in prepared.dead_letters] == [("future_timestamp", "e-future")]
+    assert [a.obs.event.event_id for a in prepared.accepted] == ["e-soon"]
+    p.store.close()
