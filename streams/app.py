@@ -43,6 +43,7 @@ T = TypeVar("T")
 
 EXIT_PIPELINE_FAILURE = 70
 EXIT_STALLED = 71
+GAUGE_REFRESH_SECONDS = 1.0
 DLQ_MAX_VALUE_BYTES = 512 * 1024  # larger rejected payloads are truncated in the DLQ (the header says so)
 DLQ_MAX_KEY_BYTES = 64 * 1024  # keys are user ids (<= 256 chars); a longer one is cut too (its own header)
 
@@ -105,6 +106,8 @@ class Service:
         self.first_batch_at: float | None = None
         self.last_commit_at: float | None = None
         self.progress_at = time.time()  # the last commit or partition assignment, for the liveness check
+        self.gauges_at = 0.0
+        self.gauges_stale = False
         self.counts = {"messages": 0, "decisions": 0, "duplicates": 0, "dead_letters": 0, "alert_changes": 0}
         self.app: faust.App | None = None
         self.top_huggers: list[dict[str, Any]] = []
@@ -190,8 +193,25 @@ class Service:
     ) -> None:
         m = self.metrics
         record_batch(m, messages, rejected, outcome, started, committed_at)
-        m.tracked_users.set(self.pipeline.engine.tracked_users())
-        m.observe_judge_rates(judge_rates(self.pipeline.engine))
+        self.gauges_stale = True
+        if outcome.changes or committed_at - self.gauges_at >= GAUGE_REFRESH_SECONDS:
+            self.refresh_gauges(committed_at)
+        self.last_commit_at = committed_at
+        c = self.counts
+        c["messages"] += len(messages)
+        c["decisions"] += len(outcome.new)
+        c["duplicates"] += outcome.duplicates
+        c["dead_letters"] += len(rejected) + len(outcome.dead_letters)
+        c["alert_changes"] += len(outcome.changes)
+        self.update_lag()
+
+    def refresh_gauges(self, now: float) -> None:
+        """Gauges that walk the whole in-memory state (users, alerts, populations): on every alert change,
+        otherwise at most once per GAUGE_REFRESH_SECONDS, so their cost does not grow with commits/s."""
+        m = self.metrics
+        engine = self.pipeline.engine
+        m.tracked_users.set(engine.tracked_users())
+        m.observe_judge_rates(judge_rates(engine))
         self.top_huggers = [
             {
                 "rank": i + 1,
@@ -202,16 +222,10 @@ class Service:
                 "severity": a.severity,
                 "since": a.first_ts_ms,
             }
-            for i, a in enumerate(m.observe_open_alerts(self.pipeline.engine.alerts()))
+            for i, a in enumerate(m.observe_open_alerts(engine.alerts()))
         ]
-        self.last_commit_at = committed_at
-        c = self.counts
-        c["messages"] += len(messages)
-        c["decisions"] += len(outcome.new)
-        c["duplicates"] += outcome.duplicates
-        c["dead_letters"] += len(rejected) + len(outcome.dead_letters)
-        c["alert_changes"] += len(outcome.changes)
-        self.update_lag()
+        self.gauges_at = now
+        self.gauges_stale = False
 
     def waiting(self) -> int:
         """Messages in the assigned partitions that are not committed yet."""
@@ -473,6 +487,12 @@ def create_app(settings: Settings, service: Service) -> faust.App:
             async with service.lock:
                 deleted = await service.db(service.store.apply_retention, cutoff)
             log.warning("retention: deleted rows older than %s: %s", cutoff.isoformat(), deleted)
+
+    @app.timer(interval=GAUGE_REFRESH_SECONDS)  # type: ignore[untyped-decorator]
+    async def refresh_gauges() -> None:
+        if service.gauges_stale:
+            async with service.lock:
+                service.refresh_gauges(time.time())
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def liveness() -> None:
