@@ -72,7 +72,7 @@ def base_event(rng: random.Random, i: int) -> dict[str, Any]:
     """A valid decision per the v1 contract (../shared/event-schema.md)."""
     return {
         "event_id": f"poison-{i}",
-        "ts": f"2026-11-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00.{i % 1000:03d}Z",
+        "ts": f"2026-11-{rng.randint(1, 20):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00.{i % 1000:03d}Z",
         "user_id": f"u-poison-{rng.randrange(50)}",
         "stage": rng.choice(["input", "output", "tool", "judge"]),
         "guardrail": {"name": "llama-guard-3", "version": "8b"},
@@ -209,7 +209,7 @@ def invalid_messages(rng: random.Random) -> list[Injected]:
         )
     # timestamps without a zone
     for _ in range(PER_KIND):
-        ts = f"2026-11-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00"
+        ts = f"2026-11-{rng.randint(1, 20):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00"
         if rng.random() < 0.5:
             ts += f".{rng.randint(0, 999):03d}"
         add("naive_timestamp", dumps({**ev(), "ts": ts}), "naive_timestamp")
