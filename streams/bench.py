@@ -750,7 +750,9 @@ def _commit() -> str | None:
 
 
 @contextlib.contextmanager
-def _workspace(workdir: Path | None) -> Iterator[Path]:
+def workspace(workdir: Path | None) -> Iterator[Path]:
+    """``workdir`` (kept), or a temporary directory removed afterwards, except after a BenchError whose
+    message names a log inside it."""
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         yield workdir
@@ -851,7 +853,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     latency_wanted = options.latency and ("c" in options.only or options.latency_rate is not None)
     if options.latency and not latency_wanted:
         console.print("[dim]no latency phase: it runs at half of c's throughput (add c, or give --latency-rate)[/dim]")
-    with _workspace(options.workdir) as workdir, _broker(options.bootstrap, console) as bootstrap:
+    with workspace(options.workdir) as workdir, _broker(options.bootstrap, console) as bootstrap:
         settings = Settings().with_overrides(bootstrap=bootstrap, topic_partitions=options.partitions)
         run = _Run(settings=settings, workdir=workdir, run_id=uuid.uuid4().hex[:8], console=console)
         try:

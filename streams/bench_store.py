@@ -30,10 +30,8 @@ import os
 import platform
 import random
 import resource
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import tracemalloc
 from array import array
@@ -56,6 +54,7 @@ from rich.table import Table
 
 from detectors.events import Decision, decode
 from detectors.registry import DETECTOR_NAMES, build_engine
+from streams.bench import workspace
 from streams.evaluate import kafka_partition
 from streams.investigate import bind, investigate, named_query, run_named
 from streams.pipeline import Message, Pipeline
@@ -152,7 +151,7 @@ def run_store_bench(
         "state": [],
     }
     keep = workdir is not None
-    with _workspace(workdir) as work, _progress(console, progress) as bar:
+    with workspace(workdir) as work, _progress(console, progress) as bar:
         if decisions:
             build = _table_build(work, bar)
             result["table_build"] = build
@@ -1130,19 +1129,6 @@ def _size(n: int) -> str:
     if n >= 2**30:
         return f"{n / 2**30:,.2f} GiB"
     return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
-
-
-@contextmanager
-def _workspace(workdir: Path | None) -> Iterator[Path]:
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        yield workdir
-        return
-    path = Path(tempfile.mkdtemp(prefix="guardstream-bench-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager
