@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate, chain
+from typing import Protocol
 
 import msgspec
 import orjson
@@ -25,7 +26,7 @@ from detectors.alerts import AlertChange, AlertState
 from detectors.base import Observation
 from detectors.engine import Engine
 from detectors.events import Decision, Rejection, decode
-from streams.store import Checkpoint, Store
+from streams.store import Applied, Checkpoint, PartitionCheckpoint
 
 log = logging.getLogger("guardstream.pipeline")
 
@@ -102,19 +103,27 @@ class Outcome:
     changes: list[AlertChange] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)  # detector errors, dead-lettered before commit
     retry: dict[str, DeadLetter] = field(default_factory=dict)  # not committed: publish these, then commit again
+    fenced: dict[int, int] = field(default_factory=dict)  # not committed: prepare the messages again, then commit
     category_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # stage, category, outcome
     # stage, guardrail, decision, peak category (whose AI 600-1 risk labels the decision)
     decision_counts: Counter[tuple[str, str, str, str | None]] = field(default_factory=Counter)
 
 
-class _DetectorFailed(Exception):
-    pass
+class Sink(Protocol):
+    """Where batches commit: the local DuckDB :class:`Store`, or the writer process over HTTP
+    (:class:`streams.writer.RemoteSink`). Both refuse a batch instead of committing it twice."""
+
+    def checkpoint(self, topic: str, partitions: Iterable[int]) -> dict[int, PartitionCheckpoint]: ...
+
+    def apply(self, cp: Checkpoint) -> Applied: ...
+
+    def close(self) -> None: ...
 
 
 class Pipeline:
     def __init__(
         self,
-        store: Store,
+        store: Sink,
         engine: Engine,
         *,
         topic: str,
@@ -133,14 +142,15 @@ class Pipeline:
     # -- partitions ------------------------------------------------------------------------------------
     def assign(self, partitions: set[int]) -> None:
         """Load the checkpoint of partitions this worker now owns."""
-        stored = self.store.offsets(self.topic)
-        for partition in sorted(partitions - self.assigned):
-            population, watermark = self.store.population(partition)
-            alerts = [_alert_state(row) for row in self.store.alert_rows(partition)]
-            self.engine.load_partition(partition, population, self.store.user_states(partition), alerts, watermark)
-            self.next_offsets[partition] = stored.get(partition, 0)
+        new = partitions - self.assigned
+        if not new:
+            return
+        for partition, cp in sorted(self.store.checkpoint(self.topic, new).items()):
+            alerts = [_alert_state(row) for row in cp.alerts]
+            self.engine.load_partition(partition, cp.population, cp.users, alerts, cp.watermark_ms)
+            self.next_offsets[partition] = cp.next_offset
             self.assigned.add(partition)
-            log.info("partition %d assigned: resuming after offset %d", partition, self.next_offsets[partition])
+            log.info("partition %d assigned: resuming after offset %d", partition, cp.next_offset)
 
     def revoke(self, partitions: set[int]) -> None:
         for partition in partitions & self.assigned:
@@ -185,70 +195,95 @@ class Pipeline:
         return out
 
     def commit(self, prepared: Prepared, failed: Mapping[str, DeadLetter] | None = None) -> Outcome:
-        """One transaction: new decisions, aggregates, alerts, dead letters, state and offsets.
+        """Run the detectors over the batch and commit it with its state and offsets in one sink transaction.
 
-        A detector that raises on an event must neither stop the stream nor let the event pass unnoticed,
-        and its dead letter must be on the topic before the batch commits (like a decode rejection). So
-        the first error rolls the batch back, reloads the batch's partitions from the last checkpoint and
-        returns the failing events in ``Outcome.retry``: the caller publishes them to the dead-letter topic
-        and calls again with them in ``failed``; those events are then stored but kept from the detectors."""
+        The sink refuses a batch rather than commit it wrongly, and every refusal starts the batch over from
+        the partitions' last checkpoint (the detectors' in-memory state already saw the batch):
+        - an event already stored (a duplicate across batches or workers): again without it;
+        - a partition another worker committed since this one loaded it (a rebalance; this worker may be the
+          zombie): ``Outcome.fenced`` -- the caller prepares the messages again against the reloaded offsets.
+        A detector that raises on an event must neither stop the stream nor let the event pass unnoticed, and
+        its dead letter must be on the topic before the batch commits: ``Outcome.retry`` holds the failing
+        events; the caller publishes them and calls again with them in ``failed``. They are then stored but
+        kept from the detectors."""
         failed = failed or {}
-        outcome = Outcome(duplicates=prepared.repeated)
-        store = self.store
-        store.begin()
-        try:
-            decisions = self._decisions_table(prepared.accepted) if prepared.accepted else None
-            new_ids = store.insert_decisions(decisions) if decisions is not None else set()
-            new_in_order: list[str] = []
-            for item in prepared.accepted:
-                event = item.obs.event
-                if event.event_id not in new_ids:
-                    outcome.duplicates += 1
-                    continue
-                new_ids.discard(event.event_id)  # a second copy in this batch is a duplicate too
-                new_in_order.append(event.event_id)
-                outcome.new.append(item)
-                outcome.decision_counts[(event.stage, event.guardrail.name, event.decision, item.peak_category)] += 1
-                letter = failed.get(event.event_id)
-                if letter is not None:
-                    outcome.dead_letters.append(letter)
-                    continue
-                try:
-                    outcome.changes.extend(self.engine.process(item.message.partition, item.obs))
-                except Exception as exc:  # collect every failing event of the batch, then start over
-                    log.exception("detector failed on event %s; it goes to the dead-letter topic", event.event_id)
-                    outcome.retry[event.event_id] = DeadLetter(
-                        item.message, "detector_error", f"{type(exc).__name__}: {exc}", event.event_id
-                    )
-            if outcome.retry:
-                raise _DetectorFailed
-            if decisions is not None and new_in_order:
-                for stage, category, result, n in store.add_daily(decisions, new_in_order):
-                    outcome.category_counts[(stage, category, result)] += n
-            outcome.changes.extend(self.engine.sweep())
-            dirty = self.engine.take_dirty()
-            watermarks = {p: s.watermark_ms for p, s in self.engine.partitions.items()}
-            store.finish(
-                Checkpoint(
-                    topic=self.topic,
-                    alerts=_alerts_table(dirty.alerts),
-                    alert_changes=_changes_table(outcome.changes),
-                    dead_letters=_dead_letters_table(self.topic, prepared.dead_letters + outcome.dead_letters),
-                    users=dirty.users,
-                    populations=[(p, blob, watermarks.get(p, 0)) for p, blob in dirty.populations],
-                    offsets=prepared.offsets,
+        touched = {item.message.partition for item in prepared.accepted} | set(prepared.offsets)
+        known: set[str] = set()  # event ids the sink reported stored already
+        while True:
+            outcome = Outcome(duplicates=prepared.repeated)
+            batch = prepared.accepted
+            if known:
+                batch = [item for item in batch if item.obs.event.event_id not in known]
+                outcome.duplicates += len(prepared.accepted) - len(batch)
+            # An exception from the sink leaves the detectors' state ahead of the store: the caller must
+            # stop (the worker exits; a restart resumes from the checkpoint) or reload these partitions.
+            applied = self._attempt(batch, prepared, failed, touched, outcome)
+            if applied is None:  # a detector raised
+                self.reload(touched)
+                return Outcome(retry=outcome.retry)
+            if applied.duplicates:
+                log.info("%d events of the batch were stored already: duplicates", len(applied.duplicates))
+                known.update(applied.duplicates)
+                self.reload(touched)
+                continue
+            if applied.fenced:
+                log.warning(
+                    "partitions %s were committed by another worker since this one loaded them: reloading",
+                    ", ".join(f"{p} (stored offset {o})" for p, o in sorted(applied.fenced.items())),
                 )
+                self.reload(touched)
+                return Outcome(fenced=applied.fenced)
+            for stage, category, result, n in applied.category_counts:
+                outcome.category_counts[(stage, category, result)] += n
+            for partition, next_offset in prepared.offsets.items():
+                self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), next_offset)
+            return outcome
+
+    def _attempt(
+        self,
+        batch: list[Accepted],
+        prepared: Prepared,
+        failed: Mapping[str, DeadLetter],
+        touched: set[int],
+        outcome: Outcome,
+    ) -> Applied | None:
+        process = self.engine.process
+        for item in batch:
+            event = item.obs.event
+            outcome.new.append(item)
+            outcome.decision_counts[(event.stage, event.guardrail.name, event.decision, item.peak_category)] += 1
+            letter = failed.get(event.event_id)
+            if letter is not None:
+                outcome.dead_letters.append(letter)
+                continue
+            try:
+                outcome.changes.extend(process(item.message.partition, item.obs))
+            except Exception as exc:  # collect every failing event of the batch, then start over
+                log.exception("detector failed on event %s; it goes to the dead-letter topic", event.event_id)
+                outcome.retry[event.event_id] = DeadLetter(
+                    item.message, "detector_error", f"{type(exc).__name__}: {exc}", event.event_id
+                )
+        if outcome.retry:
+            return None
+        outcome.changes.extend(self.engine.sweep())
+        dirty = self.engine.take_dirty()
+        watermarks = {p: s.watermark_ms for p, s in self.engine.partitions.items()}
+        touched.update(p for p, *_ in dirty.users)
+        touched.update(p for p, _ in dirty.populations)
+        touched.update(p for p, _ in dirty.alerts)
+        return self.store.apply(
+            Checkpoint(
+                topic=self.topic,
+                decisions=self._decisions_table(batch) if batch else None,
+                expected={p: self.next_offsets.get(p, 0) for p in touched},
+                alerts=_alerts_table(dirty.alerts),
+                alert_changes=_changes_table(outcome.changes),
+                dead_letters=_dead_letters_table(self.topic, prepared.dead_letters + outcome.dead_letters),
+                users=dirty.users,
+                populations=[(p, blob, watermarks.get(p, 0)) for p, blob in dirty.populations],
+                offsets=prepared.offsets,
             )
-        except _DetectorFailed:
-            store.rollback()
-            self.reload({item.message.partition for item in prepared.accepted})
-            return Outcome(retry=outcome.retry)
-        except BaseException:
-            store.rollback()
-            raise
-        for partition, next_offset in prepared.offsets.items():
-            self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), next_offset)
-        return outcome
+        )
 
     def reload(self, partitions: set[int]) -> None:
         """Back to the last committed checkpoint: the detectors' in-memory state of these partitions was

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgspec
 import pyarrow as pa
 
 VERDICTS = ("confirmed", "false_positive")
@@ -149,15 +150,44 @@ WHERE map_contains(thresholds, e.key)
 
 @dataclass(slots=True)
 class Checkpoint:
-    """Everything one batch changes, written atomically: data, state and the offsets it covers."""
+    """Everything one batch changes, written atomically: data, state and the offsets it covers.
+
+    ``expected`` is the committer's view of each touched partition's stored ``next_offset``; the sink
+    refuses the whole batch when any differs (another worker committed that partition since: this one
+    is behind, or a zombie). ``decisions`` holds only events the committer believes new; when one is
+    already stored the batch is refused too, so the detectors never count an event twice."""
 
     topic: str
+    decisions: pa.Table | None = None
+    expected: dict[int, int] = field(default_factory=dict)
     alerts: pa.Table | None = None
     alert_changes: pa.Table | None = None
     dead_letters: pa.Table | None = None
     users: list[tuple[int, str, str, bytes]] = field(default_factory=list)
     populations: list[tuple[int, bytes, int]] = field(default_factory=list)  # partition, state, watermark
     offsets: dict[int, int] = field(default_factory=dict)
+
+
+class PartitionCheckpoint(msgspec.Struct, frozen=True):
+    """What a worker needs to take over a partition: where to resume and the detectors' state there."""
+
+    next_offset: int
+    population: bytes | None
+    watermark_ms: int
+    alerts: list[dict[str, Any]]
+    users: list[tuple[str, str, bytes]]
+
+
+class Applied(msgspec.Struct, frozen=True):
+    """The sink's answer to one checkpoint: committed (with the category counts for the metrics), or refused."""
+
+    fenced: dict[int, int] = {}  # partition -> the stored next_offset, where it was not the expected one
+    duplicates: list[str] = []  # event ids that were already stored
+    category_counts: list[tuple[str, str, str, int]] = []  # stage, category, outcome, decisions
+
+    @property
+    def committed(self) -> bool:
+        return not self.fenced and not self.duplicates
 
 
 class Store:
@@ -209,7 +239,45 @@ class Store:
             for tenant, user_id, state in rows:
                 yield tenant, user_id, bytes(state)
 
+    def checkpoint(self, topic: str, partitions: Iterable[int]) -> dict[int, PartitionCheckpoint]:
+        stored = self.offsets(topic)
+        found = {}
+        for partition in partitions:
+            population, watermark = self.population(partition)
+            found[partition] = PartitionCheckpoint(
+                next_offset=stored.get(partition, 0),
+                population=population,
+                watermark_ms=watermark,
+                alerts=self.alert_rows(partition),
+                users=list(self.user_states(partition)),
+            )
+        return found
+
     # -- writing -------------------------------------------------------------------------------
+    def apply(self, cp: Checkpoint) -> Applied:
+        """Commit one batch in one transaction, or refuse it and change nothing (see :class:`Checkpoint`)."""
+        self.begin()
+        try:
+            if cp.expected:
+                stored = self.offsets(cp.topic)
+                fenced = {p: stored.get(p, 0) for p, e in cp.expected.items() if stored.get(p, 0) != e}
+                if fenced:
+                    self.rollback()
+                    return Applied(fenced=fenced)
+            counts: list[tuple[str, str, str, int]] = []
+            if cp.decisions is not None and cp.decisions.num_rows:
+                sent = cp.decisions.column("event_id").to_pylist()
+                new = self.insert_decisions(cp.decisions)
+                if len(new) != len(sent):
+                    self.rollback()
+                    return Applied(duplicates=[i for i in sent if i not in new])
+                counts = self.add_daily(cp.decisions, sent)
+            self.finish(cp)
+        except BaseException:
+            self.rollback()
+            raise
+        return Applied(category_counts=counts)
+
     def begin(self) -> None:
         self.conn.execute("BEGIN TRANSACTION")
 
