@@ -34,6 +34,7 @@ from detectors.judge import JudgeDisagreement, disagreement_rates
 from streams import __version__
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.nist import load_mapping
+from streams.outbox import alert_record
 from streams.pipeline import DeadLetter, Message, Outcome, Pipeline, Prepared
 from streams.settings import Settings
 from streams.store import QueryRefused, Store, parse_query_body
@@ -94,9 +95,10 @@ class Batch:
 
 
 class Service:
-    """Owns the store, the pipeline and the metrics for one worker process."""
+    """Owns the pipeline and the metrics of one worker process, and the store unless a writer process does
+    (``store`` is None then: alerts, queries, verdicts and retention are the writer's)."""
 
-    def __init__(self, settings: Settings, store: Store, pipeline: Pipeline, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, store: Store | None, pipeline: Pipeline, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
         self.pipeline = pipeline
@@ -173,15 +175,24 @@ class Service:
     async def handle(self, batch: Batch) -> None:
         assert self.app is not None
         prepared = batch.prepared
-        if prepared.dead_letters:
-            await self.publish_dead_letters(prepared.dead_letters)
+        published: set[tuple[int, int]] = set()
+        await self.publish_dead_letters(prepared.dead_letters, published)
         failed: dict[str, DeadLetter] = {}
-        while (outcome := await self.db(self.pipeline.commit, prepared, failed)).retry:
-            # a detector raised: dead-letter those events first, then commit the batch without them
-            await self.publish_dead_letters(list(outcome.retry.values()))
-            failed.update(outcome.retry)
+        while True:
+            outcome = await self.db(self.pipeline.commit, prepared, failed)
+            if outcome.retry:
+                # a detector raised: dead-letter those events first, then commit the batch without them
+                await self.publish_dead_letters(list(outcome.retry.values()), published)
+                failed.update(outcome.retry)
+            elif outcome.fenced:
+                # another worker committed some of these partitions (a rebalance): the pipeline reloaded them;
+                # what it committed is skipped now, the rest goes through on top of its checkpoint
+                prepared = self.pipeline.prepare(batch.messages)
+                await self.publish_dead_letters(prepared.dead_letters, published)
+            else:
+                break
         committed_at = time.time()
-        if outcome.changes:
+        if outcome.changes and self.store is not None:
             await self.publish_outbox()
         ack = batch.stream.ack
         for event in batch.events:
@@ -261,12 +272,17 @@ class Service:
                 self.metrics.lag.labels(str(partition)).set(max(0, int(highwater) - next_offset))
 
     # -- outputs -------------------------------------------------------------------------------------
-    async def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
+    async def publish_dead_letters(self, letters: list[DeadLetter], published: set[tuple[int, int]]) -> None:
+        """Each message once per batch, even when the batch is started over (``published`` remembers)."""
         assert self.app is not None
         producer = self.app.producer
         now = datetime.now(UTC).isoformat().encode()
         futures = []
         for letter in letters:
+            where = (letter.message.partition, letter.message.offset)
+            if where in published:
+                continue
+            published.add(where)
             key, value = letter.message.key, letter.message.value or b""
             headers = [
                 ("guardstream.reason_code", letter.code.encode()),
@@ -296,6 +312,8 @@ class Service:
     async def publish_outbox(self) -> None:
         """Publish every alert change not yet acknowledged by the alerts topic, then mark it published."""
         assert self.app is not None
+        if self.store is None:
+            return  # the writer process publishes its outbox
         pending = await self.db(self.store.unpublished_changes)
         if not pending:
             return
@@ -303,24 +321,10 @@ class Service:
         producer = self.app.producer
         futures = []
         for change in pending:
-            body = {
-                "schema": "guardstream.alert/v1",
-                **change,
-                "ts": change["ts"].isoformat(),
-                "evidence": orjson.loads(change["evidence"]) if change["evidence"] else {},
-                "action": orjson.loads(change["action"]) if change["action"] else {},
-                "nist_measure": mapping.signals.get(change["detector"], []),
-                "ai600_risk": mapping.signal_risk(change["detector"], change["category"]),
-                "category_ai600_risk": mapping.risk(change["category"]),
-            }
+            key, value, headers = alert_record(change, mapping)
             futures.append(
                 await producer.send(
-                    self.settings.alerts_topic,
-                    change["user_id"].encode(),
-                    orjson.dumps(body),
-                    partition=None,
-                    timestamp=None,
-                    headers=[("guardstream.change", change["change"].encode())],
+                    self.settings.alerts_topic, key, value, partition=None, timestamp=None, headers=headers
                 )
             )
         await asyncio.gather(*futures)
@@ -338,7 +342,8 @@ class Service:
             "version": __version__,
             "pid": os.getpid(),
             "topic": self.settings.decisions_topic,
-            "db": str(self.settings.db),
+            "db": str(self.settings.db) if self.store is not None else None,
+            "writer": self.settings.writer_url if self.store is None else None,
             "partitions": partitions,
             "counts": self.counts,
             "started_at": self.started_at,
@@ -478,14 +483,15 @@ def create_app(settings: Settings, service: Service) -> faust.App:
                 await service.db(service.pipeline.assign, partitions)
         service.progress_at = time.time()
 
-    if settings.retention_days is not None:
+    if settings.retention_days is not None and service.store is not None:
         days = settings.retention_days
+        store = service.store
 
         @app.timer(interval=3600.0, on_leader=False)  # type: ignore[untyped-decorator]
         async def retention() -> None:
             cutoff = datetime.now(UTC) - timedelta(days=days)
             async with service.lock:
-                deleted = await service.db(service.store.apply_retention, cutoff)
+                deleted = await service.db(store.apply_retention, cutoff)
             log.warning("retention: deleted rows older than %s: %s", cutoff.isoformat(), deleted)
 
     @app.timer(interval=GAUGE_REFRESH_SECONDS)  # type: ignore[untyped-decorator]
@@ -532,13 +538,24 @@ def create_app(settings: Settings, service: Service) -> faust.App:
 
     @app.task  # type: ignore[untyped-decorator]
     async def load_verdicts() -> None:
-        service.metrics.observe_verdicts(await service.db(service.store.verdict_counts))
+        if service.store is not None:
+            service.metrics.observe_verdicts(await service.db(service.store.verdict_counts))
+
+    def no_store(view: View) -> Response | None:
+        """A worker that commits to a writer process has no store to answer from: say where it is."""
+        if service.store is not None:
+            return None
+        text = f"this worker commits to the writer at {settings.writer_url}: send queries and verdicts there"
+        return view.bytes(text.encode(), status=409, content_type="text/plain")
 
     @app.page("/verdict")
     class VerdictView(Guarded):
         """Record an analyst's verdict while this process holds the store (``guardstream verdict``)."""
 
         async def post(self, request: Request) -> Response:
+            if (refused := no_store(self)) is not None:
+                return refused
+            assert service.store is not None
             try:
                 body = orjson.loads(await request.read())
                 alert_id, verdict = str(body["alert_id"]), str(body["verdict"])
@@ -555,13 +572,17 @@ def create_app(settings: Settings, service: Service) -> faust.App:
     @app.page("/query")
     class QueryView(Guarded):
         async def post(self, request: Request) -> Response:
+            if (refused := no_store(self)) is not None:
+                return refused
+            store = service.store
+            assert store is not None
             headers = getattr(request, "headers", None)
             try:
                 sql, params = parse_query_body(await request.read(), headers.get("Content-Type") if headers else None)
             except ValueError as exc:
                 return self.bytes(str(exc).encode(), status=400, content_type="text/plain")
             try:
-                table = await asyncio.to_thread(service.store.query, sql, params)
+                table = await asyncio.to_thread(store.query, sql, params)
             except QueryRefused as exc:
                 return self.bytes(str(exc).encode(), status=403, content_type="text/plain")
             except Exception as exc:  # a bad query is the caller's problem, not the pipeline's

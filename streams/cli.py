@@ -80,15 +80,27 @@ def run(
     web_port: Annotated[int | None, typer.Option(help="port for /metrics, /status, /query; 0 picks a free one")] = None,
     decisions_topic: Annotated[str | None, typer.Option(help="input topic")] = None,
     anomaly_model: Annotated[Path | None, typer.Option(help="model file from `guardstream train`")] = None,
+    writer: Annotated[
+        str | None,
+        typer.Option(help="commit to `guardstream writer` at this URL instead of --db (env GUARDSTREAM_WRITER_URL)"),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="log level: debug, info, warning, error")] = "warning",
 ) -> None:
-    """Run the pipeline: consume decisions, detect, persist to DuckDB, publish alerts, serve metrics."""
+    """Run the pipeline: consume decisions, detect, persist to DuckDB, publish alerts, serve metrics.
+
+    With --writer, several workers share one store: each takes a share of the partitions and commits its
+    batches to the writer process, which owns the DuckDB file."""
     from streams.broker import BrokerError
     from streams.store import StoreLocked
     from streams.worker import run_worker
 
     settings = Settings().with_overrides(
-        bootstrap=bootstrap, db=db, web_port=web_port, decisions_topic=decisions_topic, anomaly_model=anomaly_model
+        bootstrap=bootstrap,
+        db=db,
+        web_port=web_port,
+        decisions_topic=decisions_topic,
+        anomaly_model=anomaly_model,
+        writer_url=writer,
     )
     try:
         run_worker(settings, loglevel=loglevel)
@@ -98,6 +110,30 @@ def run(
         if settings.anomaly_model is not None and str(settings.anomaly_model) in str(exc):
             raise fail(f"cannot use the anomaly model: {exc}") from exc
         raise
+
+
+@app.command("writer")
+def writer_command(
+    bootstrap: Bootstrap = None,
+    db: DbPath = None,
+    host: Annotated[str | None, typer.Option(help="interface to listen on (env GUARDSTREAM_WEB_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port; 0 picks a free one (env GUARDSTREAM_WEB_PORT)")] = None,
+    loglevel: Annotated[str, typer.Option(help="log level: debug, info, warning, error")] = "warning",
+) -> None:
+    """Own the DuckDB file for several workers (`guardstream run --writer URL`): apply their batches, serve
+    /query, /verdict, /status and /metrics, publish alerts and apply retention."""
+    import logging
+
+    from streams.broker import BrokerError
+    from streams.store import StoreLocked
+    from streams.writer import run_writer
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings().with_overrides(bootstrap=bootstrap, db=db, web_host=host, web_port=port)
+    try:
+        run_writer(settings)
+    except (StoreLocked, BrokerError) as exc:
+        raise fail(str(exc)) from exc
 
 
 @app.command()

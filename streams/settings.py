@@ -47,6 +47,11 @@ class Settings(BaseSettings):
 
     # Pipeline
     db: Path = Field(Path("guardstream.duckdb"), description="DuckDB file; this process is its one writer")
+    writer_url: str | None = Field(
+        None,
+        description="commit to a `guardstream writer` process at this http(s) URL instead of opening `db`: "
+        "how several workers share one store (the writer owns the file; workers split the partitions)",
+    )
     batch_max_events: int = Field(5000, ge=1, description="largest batch handed to the detectors and the sink")
     batch_max_seconds: float = Field(
         0.05,

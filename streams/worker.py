@@ -18,7 +18,7 @@ from streams.app import Service, create_app
 from streams.broker import ensure_topics, free_port, pid_alive
 from streams.detector_config import load_detector_config
 from streams.metrics import Metrics
-from streams.pipeline import Pipeline
+from streams.pipeline import Pipeline, Sink
 from streams.settings import Settings
 from streams.store import Store
 
@@ -39,7 +39,7 @@ def running_service(db: Path) -> dict[str, Any] | None:
     return info if pid_alive(int(info.get("pid", 0))) else None
 
 
-def build_pipeline(settings: Settings, store: Store) -> Pipeline:
+def build_pipeline(settings: Settings, store: Sink) -> Pipeline:
     """The pipeline every path uses (worker, rebuild): detector config, anomaly model, pseudonym key."""
     model = None
     if settings.anomaly_model is not None:
@@ -62,25 +62,28 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
     if settings.web_port == 0:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
-    store = Store(settings.db)
+    store: Store | None = None
+    sink: Sink
+    if settings.writer_url:
+        from streams.writer import remote_sink
+
+        sink = remote_sink(settings)
+        log.warning("committing to the writer at %s", settings.writer_url)
+    else:
+        sink = store = Store(settings.db)
     asyncio.run(ensure_topics(settings))
-    pipeline = build_pipeline(settings, store)
+    pipeline = build_pipeline(settings, sink)
     service = Service(settings, store, pipeline, Metrics())
     app = create_app(settings, service)
-    announce = service_file(settings.db)
-    announce.write_text(
-        json.dumps(
-            {
-                "pid": os.getpid(),
-                "url": f"{settings.web_scheme()}://{settings.web_host}:{settings.web_port}",
-                "db": str(settings.db.resolve()),
-            }
-        )
-    )
+    announce = service_file(settings.db) if store is not None else None
+    if announce is not None:
+        url = f"{settings.web_scheme()}://{settings.web_host}:{settings.web_port}"
+        announce.write_text(json.dumps({"pid": os.getpid(), "url": url, "db": str(settings.db.resolve())}))
     try:
         worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
         worker.execute_from_commandline()
     finally:
-        with contextlib.suppress(OSError):
-            announce.unlink()
-        store.close()
+        if announce is not None:
+            with contextlib.suppress(OSError):
+                announce.unlink()
+        sink.close()

@@ -310,3 +310,36 @@ def test_an_event_dated_far_past_its_record_time_is_dead_lettered(tmp_path: Path
     assert [(d.code, d.event_id) for d in prepared.dead_letters] == [("future_timestamp", "e-future")]
     assert [a.obs.event.event_id for a in prepared.accepted] == ["e-soon"]
     p.store.close()
+
+
+def test_a_zombie_is_fenced_and_both_owners_equal_one_clean_pass(tmp_path: Path, stream: list[Message]) -> None:
+    """Two workers believe they own the same partitions (the old owner has not yet learned of the rebalance).
+    Each batch commits only on top of the checkpoint it started from; the one that lost the race reloads and
+    goes on after the other's commit. Together they equal one worker, whatever the interleaving."""
+    valid = [m for m in stream if m.offset < 10_000_000]
+    copies = [Message(m.partition, m.offset + 20_000_000, m.key, m.value, 0) for m in valid[:3000:7]]
+    msgs = valid + copies
+    reference = pipeline(tmp_path / "reference.duckdb")
+    process(reference, msgs)
+    reference.store.close()
+
+    store = Store(tmp_path / "shared.duckdb")
+    engine_config = DetectorConfig(hugging=HuggingConfig(min_population=200))
+    zombie, owner = (Pipeline(store, build_engine(engine_config), topic=TOPIC) for _ in range(2))
+    zombie.assign({0, 1})
+    chunks = [msgs[i : i + 700] for i in range(0, len(msgs), 700)]
+    fenced = 0
+    for i, chunk in enumerate(chunks):
+        first, second = (zombie, owner) if i % 2 else (owner, zombie)
+        if i == 1:
+            owner.assign({0, 1})  # the new owner loads the checkpoint while the zombie still works
+        for worker in (first, second) if i else (zombie,):
+            # both read the same records from the broker: the first to commit wins, the other is fenced
+            # and, re-prepared against the reloaded offsets, finds nothing left to do
+            prepared = worker.prepare(chunk)
+            while worker.commit(prepared).fenced:
+                fenced += 1
+                prepared = worker.prepare(chunk)
+    store.close()
+    assert fenced >= len(chunks) - 1, "every batch after the take-over raced once"
+    assert snapshot(tmp_path / "shared.duckdb") == snapshot(tmp_path / "reference.duckdb")
