@@ -179,7 +179,7 @@ def test_kill_9_the_writer_mid_stream_workers_wait_and_nothing_is_lost(settings:
         # kill the writer at a random point of this part's commits, then bring it back on the same address
         before, produced = produced, stream.produce_next()
         point = before + rng.uniform(0.1, 0.6) * (produced - before)
-        wait_until(lambda p=point, url=writer_url: committed(url) >= p, 120, "progress")  # type: ignore[misc]
+        wait_until(lambda p=point, url=writer_url: committed(url) >= p, 120, "progress")
         writer.kill()  # SIGKILL, possibly mid-transaction
         writer.wait(10)
         writer, writer_url = start_writer(procs, port)
