@@ -11,10 +11,10 @@ consumer group, in its own process (so its peak RSS is its own), one variant at 
   trained on another seed, as the demo does), persistence, outbox and metrics; timed from its first batch to
   the commit of the last offset.
 
-Then, optionally, ``--workers N``: the pipeline as N processes in one consumer group (one DuckDB file each),
-against one worker measured the same way; each group is started on an empty topic and waits until the
-partitions are assigned, disjoint and stable before the data is produced, because per-partition detector state
-lives in each worker's store and a rebalance mid-run would move partitions without it.
+Then, optionally, ``--workers N``: the scale-out topology, N ``guardstream run --writer`` processes in one
+consumer group sharing one store through a ``guardstream writer`` process, against one worker with a writer
+measured the same way; each group is started on an empty topic and waits until the partitions are assigned,
+disjoint and stable before the data is produced, so the figure is steady-state throughput, not a rebalance.
 
 Last, detection latency: the same events produced at a fixed rate (half of ``c``'s throughput unless given)
 with ``ts`` rewritten to the wall-clock send time, so event time is produce time; an alert change carries the
@@ -431,9 +431,10 @@ class _Worker:
 
 
 class PipelineGroup:
-    """``workers`` ``guardstream run`` processes in one fresh consumer group, each with its own DuckDB file."""
+    """``workers`` ``guardstream run`` processes in one fresh consumer group: one standalone worker with its own
+    DuckDB file, or (``writer``) workers committing to one ``guardstream writer`` process that owns the file."""
 
-    def __init__(self, run: _Run, label: str, topic: str, workers: int) -> None:
+    def __init__(self, run: _Run, label: str, topic: str, workers: int, writer: bool = False) -> None:
         from streams.broker import free_port
 
         self.run = run
@@ -450,19 +451,27 @@ class PipelineGroup:
             "GUARDSTREAM_CONSUMER_GROUP": run.name(f"{label}-group"),
             "GUARDSTREAM_TOPIC_PARTITIONS": str(run.settings.topic_partitions),
         }
+        cli = [sys.executable, "-m", "streams.cli"]
+        self.writer: _Worker | None = None
+        if writer:
+            port, db, log = free_port(), run.workdir / f"{label}-writer.duckdb", run.log(f"{label}-writer")
+            proc = run.spawn([*cli, "writer", "--db", str(db), "--port", str(port)], log, env)
+            self.writer = _Worker(proc, f"http://127.0.0.1:{port}", db, log)
         self.workers: list[_Worker] = []
         for i in range(workers):
             port = free_port()
             db = run.workdir / f"{label}-{i}.duckdb"
             log = run.log(f"{label}-worker-{i}")
-            args = [sys.executable, "-m", "streams.cli", "run", "--db", str(db), "--web-port", str(port)]
-            proc = run.spawn([*args, *run.model_args], log, env)
+            store = ["--writer", self.writer.url] if self.writer is not None else ["--db", str(db)]
+            proc = run.spawn([*cli, "run", *store, "--web-port", str(port), *run.model_args], log, env)
             self.workers.append(_Worker(proc, f"http://127.0.0.1:{port}", db, log))
 
     def check_alive(self, doing: str) -> None:
         for i, w in enumerate(self.workers):
             if w.proc.poll() is not None:
                 raise _died(f"pipeline worker {i} ({self.label}) {doing}", w.proc, w.log)
+        if self.writer is not None and self.writer.proc.poll() is not None:
+            raise _died(f"the writer ({self.label}) {doing}", self.writer.proc, self.writer.log)
 
     def statuses(self) -> list[dict[str, Any]]:
         from streams.demo import _get_json
@@ -471,7 +480,20 @@ class PipelineGroup:
         return [_get_json(w.url + "/status", timeout=10) for w in self.workers]
 
     def wait_started(self, timeout: float = 120.0) -> None:
-        from streams.demo import DemoError, _wait_for_service
+        from streams.demo import DemoError, _get_json, _wait_for_service
+
+        if self.writer is not None:
+            deadline = time.monotonic() + timeout
+            while True:
+                self.check_alive("while starting")
+                with contextlib.suppress(OSError):
+                    if _get_json(self.writer.url + "/status").get("role") == "writer":
+                        break
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"the writer did not serve {self.writer.url}; the end of its log:\n" + log_tail(self.writer.log)
+                    )
+                time.sleep(0.25)
 
         for i, w in enumerate(self.workers):
             try:
@@ -530,6 +552,7 @@ class PipelineGroup:
         seconds = max(1e-9, last - first)
         events = sum(s["counts"].get("decisions", 0) + s["counts"].get("dead_letters", 0) for s in statuses)
         rss = [peak_rss_bytes(w.proc.pid) for w in self.workers]
+        writer_rss = peak_rss_bytes(self.writer.proc.pid) if self.writer is not None else None
         return {
             "variant": variant,
             "what": VARIANTS["c"],
@@ -541,11 +564,15 @@ class PipelineGroup:
             "events_per_second": events / seconds,
             "peak_rss_bytes": max((r for r in rss if r is not None), default=None),
             "peak_rss_bytes_per_worker": rss,
+            "writer": self.writer is not None,
+            "writer_peak_rss_bytes": writer_rss,
         }
 
     def stop(self) -> None:
         for w in self.workers:
             self.run.stop(w.proc, timeout=60)
+        if self.writer is not None:
+            self.run.stop(self.writer.proc, timeout=60)
 
 
 def _run_pipeline(run: _Run, topic: str, targets: dict[int, int]) -> dict[str, Any]:
@@ -562,14 +589,15 @@ def _run_pipeline(run: _Run, topic: str, targets: dict[int, int]) -> dict[str, A
 
 
 def _run_scaling(run: _Run, events: Sequence[dict[str, Any]], workers: int) -> dict[str, Any]:
-    """``workers`` processes in one group on an empty topic, settled, then fed the events while they run."""
+    """``workers`` processes sharing one store through a writer process (the scale-out topology; one worker runs
+    the same way for the ratio), in one group on an empty topic, settled, then fed the events while they run."""
     label = f"c{workers}"
     topic = run.name(f"{label}-decisions")
     from streams.broker import ensure_topics
 
     asyncio.run(ensure_topics(run.settings.with_overrides(decisions_topic=topic), [topic]))
     run.topics.append(topic)
-    group = PipelineGroup(run, label, topic, workers)
+    group = PipelineGroup(run, label, topic, workers, writer=True)
     try:
         group.wait_started()
         assignment = group.wait_settled(run.settings.topic_partitions)
@@ -580,7 +608,7 @@ def _run_scaling(run: _Run, events: Sequence[dict[str, Any]], workers: int) -> d
             statuses = group.wait_done(produced["targets"], progress, task)
         result = group.result(statuses, label)
         result["assignment"] = assignment
-        result["what"] = f"guardstream run × {workers}, fed after the group settled"
+        result["what"] = f"guardstream run --writer × {workers} + guardstream writer, fed after the group settled"
         return result
     finally:
         group.stop()

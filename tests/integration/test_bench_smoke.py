@@ -69,3 +69,17 @@ def test_a_pipeline_worker_that_dies_is_reported_with_its_log(tmp_path: Path) ->
     assert "missing.toml" in result.stderr, "the tail of the worker's log says why"
     assert (work / "c-worker-0.log").exists()
     assert not result.stderr.lstrip().startswith("Traceback")
+
+
+def test_bench_workers_mode_shares_one_store_through_the_writer(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    result = bench(
+        "--events", "2000", "--only", "c", "--workers", "2", "--skip-latency", "--json", str(out), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    scaling = json.loads(out.read_text())["scaling"]
+    for run in (scaling["one"], scaling["many"]):
+        assert run["writer"] and run["writer_peak_rss_bytes"] > 10 << 20, "workers commit to a writer process"
+        assert run["decisions"] == 2000, "every decision stored once across the workers"
+    assert scaling["many"]["workers"] == 2
+    assert sorted(p for owned in scaling["many"]["assignment"] for p in owned) == [0, 1, 2, 3]
