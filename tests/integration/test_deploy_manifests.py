@@ -1,8 +1,9 @@
 """The deployment files under deploy/ (Compose, Kubernetes, Prometheus, Alertmanager) and docs/deploy.md, checked
 with what runs here: no Docker daemon and no cluster, so nothing is started, but every file parses, every path a
 container mounts exists, every `guardstream ...` they run is a real command with real options, every GUARDSTREAM_*
-variable is a real setting with a valid value, the generated manifests equal their sources, and promtool, amtool,
-kubectl kustomize and kubernetes-validate accept what they can check."""
+variable is a real setting with a valid value, the topology is one writer owning the store and stateless workers
+pointed at it (all scraped as job guardstream), the generated manifests equal their sources, and promtool,
+amtool, kubectl kustomize and kubernetes-validate accept what they can check."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.parse
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -75,11 +77,69 @@ def guardstream_services() -> dict[str, dict[str, Any]]:
     }
 
 
-def worker_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    containers = only(objects, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+def compose_role(command: str) -> tuple[str, dict[str, Any]]:
+    """(name, service) of the one guardstream Compose service that runs `guardstream <command>`."""
+    found = [
+        (name, service)
+        for name, service in guardstream_services().items()
+        if (service.get("command") or [None])[0] == command
+    ]
+    assert len(found) == 1, f"expected one Compose service running `guardstream {command}`, found {len(found)}"
+    return found[0]
+
+
+# The writer owns the store (a one-replica StatefulSet); the workers are a Deployment.
+WORKLOAD_KINDS = {"writer": "StatefulSet", "worker": "Deployment"}
+
+
+def workload(objects: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    return only(objects, WORKLOAD_KINDS[role])
+
+
+def container_of(objects: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    containers = workload(objects, role)["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     container: dict[str, Any] = containers[0]
     return container
+
+
+def pod_labels(objects: list[dict[str, Any]], role: str) -> dict[str, str]:
+    labels: dict[str, str] = workload(objects, role)["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def service_for(objects: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    """The one Service whose selector picks the role's pods and not the other role's."""
+    other = "worker" if role == "writer" else "writer"
+    found = [
+        o
+        for o in objects
+        if o["kind"] == "Service"
+        and selects(o["spec"]["selector"], pod_labels(objects, role))
+        and not selects(o["spec"]["selector"], pod_labels(objects, other))
+    ]
+    assert len(found) == 1, f"expected one Service selecting only the {role} pods, found {len(found)}"
+    return found[0]
+
+
+def policy_for(objects: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    found = [
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy" and selects(o["spec"]["podSelector"]["matchLabels"], pod_labels(objects, role))
+    ]
+    assert len(found) == 1, f"expected one NetworkPolicy for the {role} pods, found {len(found)}"
+    return found[0]
 
 
 def env_map(environment: Any) -> dict[str, str]:
@@ -155,6 +215,7 @@ def test_deploy_has_the_expected_yaml_files() -> None:
         "compose/prometheus.yml",
         "kubernetes/kustomization.yaml",
         "kubernetes/statefulset.yaml",
+        "kubernetes/deployment.yaml",
         "kubernetes/prometheusrule.yaml",
         "kubernetes/grafana-dashboards.yaml",
         "prometheus/rules.yml",
@@ -261,9 +322,11 @@ def guardstream_invocations() -> list[tuple[str, list[str]]]:
     found: list[tuple[str, list[str]]] = []
     for name, service in guardstream_services().items():
         found.append((f"compose {name}", list(service.get("command") or [])))
-    container = worker_container(k8s_objects())
-    assert "command" not in container, "keep the image's ENTRYPOINT (guardstream)"
-    found.append(("statefulset", list(container["args"])))
+    objects = k8s_objects()
+    for role, kind in WORKLOAD_KINDS.items():
+        container = container_of(objects, role)
+        assert "command" not in container, "keep the image's ENTRYPOINT (guardstream)"
+        found.append((kind, list(container["args"])))
     assert re.search(r'^ENTRYPOINT \["guardstream"\]$', DOCKERFILE.read_text(), re.MULTILINE)
     cmd = re.search(r"^CMD (\[.*\])$", DOCKERFILE.read_text(), re.MULTILINE)
     assert cmd, "deploy/Dockerfile has no exec-form CMD"
@@ -309,7 +372,7 @@ def documented_invocations() -> list[list[str]]:
 def test_every_guardstream_command_in_the_deployment_is_real() -> None:
     invocations = guardstream_invocations()
     subcommands = {argv[0] for _, argv in invocations if argv}
-    assert {"run", "simulate", "sql"} <= subcommands, f"the collector missed commands: {subcommands}"
+    assert {"run", "writer", "simulate", "sql"} <= subcommands, f"the collector missed commands: {subcommands}"
     runner = CliRunner()
     for where, argv in invocations:
         # Click parses every option before the eager --help: an unknown command or option fails here.
@@ -331,25 +394,28 @@ def test_every_guardstream_variable_is_a_real_setting() -> None:
     assert not unknown, f"not a guardstream setting (see `guardstream settings`): {unknown}"
 
 
-def container_settings() -> dict[str, dict[str, str]]:
-    """The environment each guardstream container gets, by where it is defined."""
-    objects = k8s_objects()
-    k8s_env: dict[str, str] = {}
-    for cm in objects:
-        if cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "guardstream-config":
-            k8s_env.update(cm["data"])
-    container = worker_container(objects)
+def k8s_container_env(objects: list[dict[str, Any]], role: str) -> dict[str, str]:
+    """A Kubernetes container's environment: the ConfigMap (envFrom), then its own env, Secret values filled in."""
+    container = container_of(objects, role)
     assert [ref["configMapRef"]["name"] for ref in container["envFrom"]] == ["guardstream-config"]
+    env: dict[str, str] = dict(named(objects, "ConfigMap", "guardstream-config")["data"])
     secret = only(objects, "Secret")
     for item in container["env"]:
         ref = item.get("valueFrom", {}).get("secretKeyRef")
         if ref:
             assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
-            k8s_env[item["name"]] = secret["stringData"][ref["key"]]
+            env[item["name"]] = secret["stringData"][ref["key"]]
         else:
-            k8s_env[item["name"]] = item["value"]
+            env[item["name"]] = item["value"]
+    return env
+
+
+def container_settings() -> dict[str, dict[str, str]]:
+    """The environment each guardstream container gets, by where it is defined."""
+    objects = k8s_objects()
     envs = {f"compose {name}": env_map(s.get("environment")) for name, s in guardstream_services().items()}
-    envs["kubernetes"] = k8s_env
+    for role, kind in WORKLOAD_KINDS.items():
+        envs[f"kubernetes {kind}"] = k8s_container_env(objects, role)
     return envs
 
 
@@ -369,62 +435,187 @@ def test_container_environments_are_valid_settings() -> None:
         settings_from(env)  # raises on an invalid value (a protocol, a port, a partition count)
 
 
-def test_the_worker_listens_beyond_loopback_and_scrapes_match_its_port() -> None:
+def test_every_web_port_listens_beyond_loopback_and_the_scrapes_match() -> None:
     envs = container_settings()
-    compose_worker = settings_from(envs["compose guardstream"])
-    k8s_worker = settings_from(envs["kubernetes"])
-    for worker in (compose_worker, k8s_worker):
-        assert worker.web_host == "0.0.0.0", "Prometheus cannot scrape a worker bound to loopback"
-        assert str(worker.db).startswith("/data/")
+    for where, env in envs.items():
+        if where == "compose simulate":
+            continue
+        settings = settings_from(env)
+        assert settings.web_host == "0.0.0.0", f"{where}: Prometheus cannot scrape a process bound to loopback"
+    writer_name, writer = compose_role("writer")
+    worker_name, worker = compose_role("run")
+    writer_port = settings_from(envs[f"compose {writer_name}"]).web_port
+    worker_port = settings_from(envs[f"compose {worker_name}"]).web_port
+    assert f":{writer_port}/status" in " ".join(writer["healthcheck"]["test"])
+    assert f":{worker_port}/status" in " ".join(worker["healthcheck"]["test"])
 
-    services = compose()["services"]
-    port = compose_worker.web_port
-    assert f":{port}/status" in " ".join(services["guardstream"]["healthcheck"]["test"])
+    # Compose Prometheus: the writer by name, every worker replica by DNS, all in job guardstream.
     scrape = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text())["scrape_configs"]
     jobs = {job["job_name"]: job for job in scrape}
-    assert jobs["guardstream"]["static_configs"][0]["targets"] == [f"guardstream:{port}"]
+    assert len(jobs) == len(scrape), "job names must be unique"
+    job = jobs["guardstream"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert [t for s in job["static_configs"] for t in s["targets"]] == [f"{writer_name}:{writer_port}"]
+    assert [(d["names"], d["type"], d["port"]) for d in job["dns_sd_configs"]] == [([worker_name], "A", worker_port)]
+    # The rules' TargetDown / NoEvents alerts select job="guardstream".
+    assert set(re.findall(r'job="([^"]+)"', RULES.read_text())) == {"guardstream"}
 
+    # Kubernetes: each workload's port, probes and Service; one ServiceMonitor over both, as job guardstream.
     objects = k8s_objects()
-    container = worker_container(objects)
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"web": k8s_worker.web_port}
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/status", "port": "web"}, probe
     app_source = (ROOT / "streams" / "app.py").read_text()
     assert '@app.page("/status")' in app_source and '@app.page("/metrics")' in app_source
-    service = only(objects, "Service")
-    assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("web", "web")]
+    writer_source = (ROOT / "streams" / "writer.py").read_text()
+    assert 'web.get("/status"' in writer_source and 'web.get("/metrics"' in writer_source
     monitor = only(objects, "ServiceMonitor")
     assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("web", "/metrics")]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    # The rules' TargetDown / NoEvents alerts select job="guardstream": the ServiceMonitor must produce it.
-    assert set(re.findall(r'job="([^"]+)"', RULES.read_text())) == {"guardstream"}
-    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "guardstream"
-    policy = only(objects, "NetworkPolicy")
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= container_labels(objects).items()
-    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [k8s_worker.web_port]
+    scraped = [
+        o
+        for o in objects
+        if o["kind"] == "Service" and selects(monitor["spec"]["selector"]["matchLabels"], o["metadata"]["labels"])
+    ]
+    for role, kind in WORKLOAD_KINDS.items():
+        port = settings_from(envs[f"kubernetes {kind}"]).web_port
+        container = container_of(objects, role)
+        assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"web": port}, kind
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/status", "port": "web"}, f"{kind} {probe}"
+        service = service_for(objects, role)
+        assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("web", "web")]
+        assert service in scraped, f"the ServiceMonitor does not scrape the {role} Service"
+        assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "guardstream", role
+    assert len(scraped) == 2, "the ServiceMonitor scrapes exactly the writer's and the workers' Services"
 
 
-def container_labels(objects: list[dict[str, Any]]) -> dict[str, str]:
-    labels: dict[str, str] = only(objects, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
-    return labels
-
-
-def test_one_worker_owns_the_store() -> None:
-    services = compose()["services"]
-    worker = services["guardstream"]
-    assert worker.get("deploy", {}).get("replicas", 1) == 1 and "scale" not in worker
-    data_mounts = [src for src, target in compose_mounts(worker) if target == "/data"]
-    assert data_mounts and not is_bind(data_mounts[0]), "the store lives on a named volume"
-
+def test_the_network_policies_admit_the_workers_to_the_writer_and_monitoring_to_both() -> None:
     objects = k8s_objects()
-    statefulset = only(objects, "StatefulSet")
+    assert len([o for o in objects if o["kind"] == "NetworkPolicy"]) == 2
+    port = settings_from(container_settings()["kubernetes StatefulSet"]).web_port
+    monitoring = {
+        "namespaceSelector": {
+            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["monitoring"]}]
+        }
+    }
+    for role in WORKLOAD_KINDS:
+        policy = policy_for(objects, role)
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [port]
+        peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+        assert monitoring in peers, f"Prometheus cannot scrape the {role}"
+        from_workers = [
+            peer
+            for peer in peers
+            if "namespaceSelector" not in peer
+            and selects(peer.get("podSelector", {}).get("matchLabels", {}), pod_labels(objects, "worker"))
+            and not selects(peer.get("podSelector", {}).get("matchLabels", {}), pod_labels(objects, "writer"))
+        ]
+        # The workers commit to the writer; nothing but monitoring needs to reach a worker.
+        assert len(from_workers) == (1 if role == "writer" else 0), role
+        assert len(peers) == 1 + len(from_workers), f"{role}: admits more than the workers and monitoring"
+
+
+def writer_url_target(url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(url)
+    assert parts.scheme == "http" and parts.hostname and parts.port and parts.path in ("", "/"), url
+    return parts.hostname, parts.port
+
+
+def test_compose_runs_one_writer_owning_the_store_and_stateless_workers_pointed_at_it() -> None:
+    envs = container_settings()
+    writer_name, writer = compose_role("writer")
+    worker_name, worker = compose_role("run")
+    writer_settings = settings_from(envs[f"compose {writer_name}"])
+    worker_settings = settings_from(envs[f"compose {worker_name}"])
+
+    # The writer: one replica, the store on a named volume, its port on the host's loopback for `sql --url`.
+    assert writer.get("deploy", {}).get("replicas", 1) == 1 and "scale" not in writer
+    data_mounts = [src for src, target in compose_mounts(writer) if target == str(writer_settings.db.parent)]
+    assert data_mounts and not is_bind(data_mounts[0]), "the store lives on a named volume"
+    assert str(writer_settings.db).startswith("/data/")
+    assert writer["ports"] == [f"127.0.0.1:{writer_settings.web_port}:{writer_settings.web_port}"]
+    assert writer["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert "stop_grace_period" in writer
+    assert writer_settings.writer_url is None
+
+    # The workers: no volume and no host port (so they scale), committing to the writer service's port.
+    assert not worker.get("volumes") and not worker.get("ports") and "container_name" not in worker
+    assert worker_settings.writer_url is not None
+    assert writer_url_target(worker_settings.writer_url) == (writer_name, writer_settings.web_port)
+    assert worker["depends_on"][writer_name]["condition"] == "service_healthy"
+    replicas = worker.get("deploy", {}).get("replicas", 1)
+    assert 1 <= replicas <= worker_settings.topic_partitions, "useful workers are at most the partition count"
+
+    # Every container that may create the topics creates them alike, and the demo waits for them.
+    partitions = {where: settings_from(env).topic_partitions for where, env in envs.items()}
+    assert len(set(partitions.values())) == 1, f"the containers disagree on the partition count: {partitions}"
+    simulate = guardstream_services()["simulate"]
+    assert simulate["depends_on"][writer_name]["condition"] == "service_healthy"
+    assert (
+        env_map(simulate["environment"])["GUARDSTREAM_BOOTSTRAP"]
+        == env_map(worker["environment"])["GUARDSTREAM_BOOTSTRAP"]
+    )
+
+
+def test_kubernetes_runs_one_writer_owning_the_store_and_a_worker_deployment_pointed_at_it() -> None:
+    objects = k8s_objects()
+    envs = container_settings()
+    writer_settings = settings_from(envs["kubernetes StatefulSet"])
+    worker_settings = settings_from(envs["kubernetes Deployment"])
+
+    statefulset = workload(objects, "writer")
+    assert container_of(objects, "writer")["args"][0] == "writer"
     assert statefulset["spec"]["replicas"] == 1
+    assert writer_settings.writer_url is None, "the writer must not be pointed at a writer"
     claims = {c["metadata"]["name"] for c in statefulset["spec"]["volumeClaimTemplates"]}
-    mounts = {m["name"]: m["mountPath"] for m in worker_container(objects)["volumeMounts"]}
-    db = settings_from(container_settings()["kubernetes"]).db
-    assert any(str(db.parent) == mounts.get(claim) for claim in claims), "the DuckDB file must be on the claim"
-    assert statefulset["spec"]["serviceName"] == only(objects, "Service")["metadata"]["name"]
+    mounts = {m["name"]: m["mountPath"] for m in container_of(objects, "writer")["volumeMounts"]}
+    assert any(str(writer_settings.db.parent) == mounts.get(claim) for claim in claims), "the file must be on the claim"
+    writer_service = service_for(objects, "writer")
+    assert statefulset["spec"]["serviceName"] == writer_service["metadata"]["name"]
+    assert writer_service["spec"].get("clusterIP") != "None", "workers hold the writer's address: keep it stable"
+
+    deployment = workload(objects, "worker")
+    assert container_of(objects, "worker")["args"][0] == "run"
+    assert 1 <= deployment["spec"]["replicas"] <= worker_settings.topic_partitions
+    pod = deployment["spec"]["template"]["spec"]
+    assert all(set(v) == {"name", "emptyDir"} for v in pod.get("volumes", [])), "workers keep nothing on disk"
+    assert worker_settings.writer_url is not None
+    host, port = writer_url_target(worker_settings.writer_url)
+    assert host == writer_service["metadata"]["name"]
+    assert [p["port"] for p in writer_service["spec"]["ports"]] == [port]
+    assert port == writer_settings.web_port  # the Service's targetPort is the writer's `web` container port
+
+    # Selectors: each workload owns only its own pods; both keep the name label the ServiceMonitor's job uses.
+    for role in WORKLOAD_KINDS:
+        assert selects(workload(objects, role)["spec"]["selector"]["matchLabels"], pod_labels(objects, role))
+        assert pod_labels(objects, role)["app.kubernetes.io/name"] == "guardstream"
+    assert not selects(workload(objects, "writer")["spec"]["selector"]["matchLabels"], pod_labels(objects, "worker"))
+    assert not selects(workload(objects, "worker")["spec"]["selector"]["matchLabels"], pod_labels(objects, "writer"))
+    for budget in (o for o in objects if o["kind"] == "PodDisruptionBudget"):
+        assert selects(budget["spec"]["selector"]["matchLabels"], pod_labels(objects, "worker"))
+        assert not selects(budget["spec"]["selector"]["matchLabels"], pod_labels(objects, "writer"))
+
+
+def test_the_docs_name_real_compose_services_and_kubernetes_objects() -> None:
+    """`kubectl ... statefulset/NAME`, `deployment/NAME`, `svc/NAME`, `pod/NAME-0`, `docker compose exec NAME` and
+    `--scale NAME=N` in docs/deploy.md name what the files define."""
+    text = DOCS.read_text()
+    objects = k8s_objects()
+    kinds = {"statefulset": "StatefulSet", "deployment": "Deployment", "svc": "Service", "service": "Service"}
+    # Ours all start with guardstream (the monitoring stack's, such as svc/prometheus-operated, do not).
+    refs = re.findall(r"\b(statefulset|deployment|svc|service)/(guardstream[a-z0-9-]*)", text)
+    assert refs, "the collector found no kubectl reference"
+    for kind, name in refs:
+        named(objects, kinds[kind], name)
+    statefulsets = {o["metadata"]["name"] for o in objects if o["kind"] == "StatefulSet"}
+    for pod in re.findall(r"(?<![\w-])(guardstream(?:-[a-z]+)*)-\d+\b", text):  # not claims (data-...-0)
+        assert pod in statefulsets, f"docs name a pod of {pod}, which is no StatefulSet"
+    services = set(compose()["services"])
+    compose_refs = re.findall(r"docker compose (?:exec|logs|restart|stop) ([a-z0-9-]+)", text)
+    compose_refs += re.findall(r"--scale ([a-z0-9-]+)=", text)
+    assert compose_refs, "the collector found no Compose service reference"
+    for name in compose_refs:
+        assert name in services, f"docs name Compose service {name}, which compose.yaml does not define"
+    assert f"--scale {compose_role('run')[0]}=" in text, "the docs show how to scale the workers"
+    assert f"deployment/{workload(objects, 'worker')['metadata']['name']} --replicas=" in text
 
 
 # --- generated manifests ---------------------------------------------------------------------------------------
@@ -509,14 +700,24 @@ def test_amtool_accepts_the_alertmanager_config() -> None:
 def test_kustomize_renders_every_manifest_with_the_generated_content_intact() -> None:
     rendered = rendered_kustomization()
     kinds = sorted(o["kind"] for o in rendered)
-    assert {"StatefulSet", "Service", "ConfigMap", "NetworkPolicy", "ServiceMonitor", "PrometheusRule"} <= set(kinds)
+    assert {
+        "StatefulSet",
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
+    } <= set(kinds)
     assert "Secret" not in kinds, "a real Secret must not be applied from git (secret.example.yaml)"
     assert all("namespace" not in o["metadata"] for o in rendered), "the kustomization must stay namespace-agnostic"
-    assert only(rendered, "StatefulSet")["spec"]["replicas"] == 1
+    assert workload(rendered, "writer")["spec"]["replicas"] == 1
     assert only(rendered, "PrometheusRule")["spec"] == yaml.safe_load(RULES.read_text())
     assert dashboard_data(rendered) == generated_dashboards()
-    image = worker_container(rendered)["image"]
-    assert re.fullmatch(r"\S+:\S+", image), f"the worker image needs a tag, got {image}"
+    for role in WORKLOAD_KINDS:
+        image = container_of(rendered, role)["image"]
+        assert re.fullmatch(r"\S+:\S+", image), f"the {role} image needs a tag, got {image}"
+    assert container_of(rendered, "writer")["image"] == container_of(rendered, "worker")["image"]
 
 
 def test_kubernetes_objects_validate_against_the_kubernetes_schemas() -> None:
@@ -534,4 +735,4 @@ def test_kubernetes_objects_validate_against_the_kubernetes_schemas() -> None:
             path = ".".join(str(p) for p in exc.path)
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {path}: {exc.message}")
         validated.add(obj["kind"])
-    assert {"StatefulSet", "Service", "ConfigMap", "NetworkPolicy", "Secret"} <= validated
+    assert {"StatefulSet", "Deployment", "Service", "ConfigMap", "NetworkPolicy", "Secret"} <= validated
