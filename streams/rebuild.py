@@ -78,7 +78,7 @@ async def rebuild(
         tps = [TopicPartition(settings.decisions_topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        store = Store(settings.db)
+        store = Store(settings.db, checkpoint_threshold=settings.duckdb_checkpoint_threshold)
         pipeline = build_pipeline(settings, store)
         pipeline.assign(set(partitions))
         size = batch_size or settings.batch_max_events

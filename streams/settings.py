@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         description="commit to a `guardstream writer` process at this http(s) URL instead of opening `db`: "
         "how several workers share one store (the writer owns the file; workers split the partitions)",
     )
+    duckdb_checkpoint_threshold: str = Field(
+        "256MB",
+        pattern=r"^[0-9]+(\.[0-9]+)?\s*[KMGT]i?B$",
+        description="WAL size at which DuckDB checkpoints (inside the commit that crosses it, stalling that batch): "
+        "fewer, larger checkpoints keep detection latency's tail short; a crash replays at most this much WAL",
+    )
     batch_max_events: int = Field(5000, ge=1, description="largest batch handed to the detectors and the sink")
     batch_max_seconds: float = Field(
         0.05,

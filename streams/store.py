@@ -193,12 +193,16 @@ class Applied(msgspec.Struct, frozen=True):
 class Store:
     """The single writer. Every method runs on the caller's thread; one batch at a time."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, checkpoint_threshold: str | None = None) -> None:
         self.path = Path(path)
         try:
             self.conn = duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
             raise StoreLocked(self.path, exc) from exc
+        if checkpoint_threshold:
+            # DuckDB checkpoints inside the commit that grows the WAL past this (16 MB by default), and a
+            # checkpoint rewrites the event_id index: a stall of hundreds of ms in the batch that triggers it.
+            self.conn.execute("SET checkpoint_threshold = ?", [checkpoint_threshold])
         migrate(self.conn)
         self._reader = self.conn.cursor()  # queries from other threads branch off this, never off the writer
 

@@ -70,7 +70,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         sink = remote_sink(settings)
         log.warning("committing to the writer at %s", settings.writer_url)
     else:
-        sink = store = Store(settings.db)
+        sink = store = Store(settings.db, checkpoint_threshold=settings.duckdb_checkpoint_threshold)
     asyncio.run(ensure_topics(settings))
     pipeline = build_pipeline(settings, sink)
     service = Service(settings, store, pipeline, Metrics())

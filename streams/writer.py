@@ -465,7 +465,7 @@ def run_writer(settings: Settings) -> None:
 
     if settings.web_port == 0:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
-    store = Store(settings.db)
+    store = Store(settings.db, checkpoint_threshold=settings.duckdb_checkpoint_threshold)
     announce_path = service_file(settings.db)
 
     def announce(url: str) -> None:
