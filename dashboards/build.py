@@ -502,7 +502,7 @@ def pipeline_health() -> Json:
         return f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket[$__rate_interval])))"
 
     panels = [
-        stat("Workers up", [target('sum(up{job="guardstream"})')]),
+        stat("Processes up", [target('sum(up{job="guardstream"})')]),
         stat(
             "Time since last commit",
             [target("time() - guardstream:sink_last_commit_timestamp_seconds:max")],
@@ -554,6 +554,29 @@ def pipeline_health() -> Json:
         timeseries(
             "Tracked users by worker",
             [target("guardstream_detector_tracked_users", "{{instance}}")],
+        ),
+        timeseries(
+            "Writer: worker batches by result",
+            [
+                target(
+                    "sum by (result) (rate(guardstream_writer_batches_total[$__rate_interval]))",
+                    "{{result}}",
+                )
+            ],
+            unit="reqps",
+            description="With several workers sharing one store: batches the writer committed, and batches it "
+            "refused (fenced: another worker committed the partition since, as after a rebalance; duplicates: an "
+            "event in it was stored already). A refused batch is started over by its worker, never lost.",
+        ),
+        timeseries(
+            "Writer: apply duration",
+            [
+                target(quantile(0.5, "guardstream_writer_apply_seconds"), "p50"),
+                target(quantile(0.95, "guardstream_writer_apply_seconds"), "p95"),
+            ],
+            unit="s",
+            description="One DuckDB transaction per worker batch; the writer applies one at a time, so this bounds "
+            "the throughput of all workers together.",
         ),
         table(
             "Targets",

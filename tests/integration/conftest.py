@@ -41,11 +41,12 @@ def prom_query(base: str, expr: str) -> list[Any]:
 @dataclass(frozen=True)
 class ScrapedPipeline:
     prometheus: str  # base URL of the Prometheus server
-    pipeline: str  # base URL of the worker's /metrics, /status, /query
+    pipeline: str  # base URL of the worker's /metrics and /status
+    writer: str  # base URL of the writer's /metrics, /status, /query, /verdict
     env: dict[str, str]  # environment pointing guardstream commands at this pipeline's store and topics
 
 
-def _start_prometheus(binary: str, workdir: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start_prometheus(binary: str, workdir: Path, targets: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = workdir / "prometheus.yml"
     config.write_text(
@@ -53,7 +54,7 @@ def _start_prometheus(binary: str, workdir: Path, target: str) -> tuple[subproce
         f"rule_files: ['{RULES}']\n"
         "scrape_configs:\n"
         "  - job_name: guardstream\n"
-        f"    static_configs: [{{targets: ['{target}']}}]\n"
+        f"    static_configs: [{{targets: {targets!r}}}]\n"
     )
     proc = subprocess.Popen(
         [
@@ -75,14 +76,19 @@ def scraped_pipeline(settings: Settings, tmp_path: Path) -> Iterator[ScrapedPipe
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("prometheus is not installed (CI installs Debian's prometheus package)")
+    # The deployed topology (deploy/): a writer that owns the store and a worker committing to it, both scraped
+    # as job guardstream, so every panel and rule is checked against what the two processes export together.
     env = env_for(settings)
-    web_port = free_port()
-    worker = subprocess.Popen([*GUARDSTREAM, "run", "--web-port", str(web_port)], env=env)
+    writer_port, web_port = free_port(), free_port()
+    writer_url, url = f"http://127.0.0.1:{writer_port}", f"http://127.0.0.1:{web_port}"
+    writer = subprocess.Popen([*GUARDSTREAM, "writer", "--port", str(writer_port)], env=env)
+    worker = subprocess.Popen([*GUARDSTREAM, "run", "--writer", writer_url, "--web-port", str(web_port)], env=env)
     prometheus: subprocess.Popen[bytes] | None = None
     try:
-        url = f"http://127.0.0.1:{web_port}"
+        wait_until(lambda: get_json(writer_url + "/status")["role"], 90, "the writer")
         wait_until(lambda: get_json(url + "/status")["partitions"], 90, "the worker")
-        prometheus, base = _start_prometheus(binary, tmp_path, f"127.0.0.1:{web_port}")
+        targets = [f"127.0.0.1:{writer_port}", f"127.0.0.1:{web_port}"]
+        prometheus, base = _start_prometheus(binary, tmp_path, targets)
         offsets_file = tmp_path / "offsets.json"
         sim = subprocess.run(
             [
@@ -106,18 +112,19 @@ def scraped_pipeline(settings: Settings, tmp_path: Path) -> Iterator[ScrapedPipe
             text=True,
         )
         assert sim.returncode == 0, sim.stderr
-        targets = {int(p): o for p, o in json.loads(offsets_file.read_text()).items()}
+        ends = {int(p): o for p, o in json.loads(offsets_file.read_text()).items()}
 
         def caught_up() -> bool:
-            parts = get_json(url + "/status")["partitions"]
-            return sum(parts.get(str(p), {}).get("next_offset", 0) for p in targets) >= sum(targets.values())
+            parts = get_json(writer_url + "/status")["partitions"]
+            return sum(parts.get(str(p), {}).get("next_offset", 0) for p in ends) >= sum(ends.values())
 
         wait_until(caught_up, 180, "the pipeline to commit every message")
-        wait_until(lambda: prom_query(base, 'up{job="guardstream"}'), 30, "prometheus to scrape the pipeline")
-        yield ScrapedPipeline(prometheus=base, pipeline=url, env=env)
+        wait_until(lambda: len(prom_query(base, 'up{job="guardstream"} == 1')) == 2, 30, "prometheus to scrape both")
+        yield ScrapedPipeline(prometheus=base, pipeline=url, writer=writer_url, env=env)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
+        for proc in (worker, writer):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
         if prometheus is not None:
             prometheus.send_signal(signal.SIGTERM)
             prometheus.wait(30)
