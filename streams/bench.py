@@ -569,6 +569,13 @@ class PipelineGroup:
         }
 
     def stop(self) -> None:
+        """Stop every process, first keeping each one's final /metrics beside its log (batch and commit
+        histograms explain a run's figures afterwards: ``--workdir`` keeps them)."""
+        import urllib.request
+
+        for w in [*self.workers, *([self.writer] if self.writer is not None else [])]:
+            with contextlib.suppress(OSError), urllib.request.urlopen(w.url + "/metrics", timeout=10) as response:
+                w.log.with_suffix(".metrics.txt").write_bytes(response.read())
         for w in self.workers:
             self.run.stop(w.proc, timeout=60)
         if self.writer is not None:

@@ -233,8 +233,6 @@ class Pipeline:
                 )
                 self.reload(touched)
                 return Outcome(fenced=applied.fenced)
-            for stage, category, result, n in applied.category_counts:
-                outcome.category_counts[(stage, category, result)] += n
             for partition, next_offset in prepared.offsets.items():
                 self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), next_offset)
             return outcome
@@ -265,6 +263,7 @@ class Pipeline:
                 )
         if outcome.retry:
             return None
+        daily = _daily_table(batch, outcome.category_counts)
         outcome.changes.extend(self.engine.sweep())
         dirty = self.engine.take_dirty()
         watermarks = {p: s.watermark_ms for p, s in self.engine.partitions.items()}
@@ -275,6 +274,7 @@ class Pipeline:
             Checkpoint(
                 topic=self.topic,
                 decisions=self._decisions_table(batch) if batch else None,
+                daily=daily,
                 expected={p: self.next_offsets.get(p, 0) for p in touched},
                 alerts=_alerts_table(dirty.alerts),
                 alert_changes=_changes_table(outcome.changes),
@@ -348,6 +348,43 @@ def _score_map(maps: Sequence[dict[str, float]]) -> pa.MapArray:
     keys = pa.array(list(chain.from_iterable(maps)), pa.string())
     values = pa.array(list(chain.from_iterable(m.values() for m in maps)), pa.float64())
     return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), keys, values, type=SCORE_MAP)
+
+
+def _daily_table(batch: list[Accepted], counts: Counter[tuple[str, str, str]]) -> pa.Table | None:
+    """The batch's rows for ``user_category_daily`` (one per user, category and UTC day of event time, over the
+    categories a decision has both a score and a threshold for), and the per-category outcome counts for the
+    metrics, from the outcomes ``observe`` already computed: one pass, no second look at the score maps."""
+    rows: dict[tuple[str, str, str, int], list[float]] = {}
+    for item in batch:
+        obs = item.obs
+        event = obs.event
+        tenant, user_id, stage, day = event.tenant, event.user_id, event.stage, obs.ts_ms // DAY_MS
+        for category, score, hugging, blocked in obs.outcomes:
+            result = "blocked" if blocked else "hugging" if hugging else "allowed"
+            counts[(stage, category, result)] += 1
+            key = (tenant, user_id, category, day)
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = [0, 0, 0, 0.0]
+            row[0] += 1
+            row[1] += blocked
+            row[2] += hugging
+            row[3] += score
+    if not rows:
+        return None
+    keys, values = list(rows), list(rows.values())
+    return pa.table(
+        {
+            "tenant": pa.array([k[0] for k in keys], pa.string()),
+            "user_id": pa.array([k[1] for k in keys], pa.string()),
+            "category": pa.array([k[2] for k in keys], pa.string()),
+            "day": pa.array([k[3] for k in keys], pa.int32()).cast(pa.date32()),
+            "decisions": pa.array([int(v[0]) for v in values], pa.int64()),
+            "blocks": pa.array([int(v[1]) for v in values], pa.int64()),
+            "hugs": pa.array([int(v[2]) for v in values], pa.int64()),
+            "score_sum": pa.array([v[3] for v in values], pa.float64()),
+        }
+    )
 
 
 def _alert_state(row: dict[str, object]) -> AlertState:

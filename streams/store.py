@@ -134,20 +134,6 @@ def run_read_only(conn: duckdb.DuckDBPyConnection, sql: str, params: QueryParams
     return result
 
 
-# One row per (new decision, category with a score and a threshold): the per-category outcome that the
-# daily aggregates and the category metrics count. hugging_categories / blocked_categories were decided
-# by the detectors' band in Python; this only unnests them.
-BATCH_OUTCOMES_SQL = """
-SELECT tenant, user_id, stage, e.key AS category, e.value AS score,
-       DATE '1970-01-01' + CAST(epoch_ms(ts) // 86400000 AS INTEGER) AS day,
-       CASE WHEN list_contains(blocked_categories, e.key) THEN 'blocked'
-            WHEN list_contains(hugging_categories, e.key) THEN 'hugging'
-            ELSE 'allowed' END AS outcome
-FROM (SELECT *, unnest(map_entries(scores)) AS e FROM decisions_batch WHERE event_id IN (SELECT unnest($1)))
-WHERE map_contains(thresholds, e.key)
-"""
-
-
 @dataclass(slots=True)
 class Checkpoint:
     """Everything one batch changes, written atomically: data, state and the offsets it covers.
@@ -159,6 +145,7 @@ class Checkpoint:
 
     topic: str
     decisions: pa.Table | None = None
+    daily: pa.Table | None = None  # the batch's user_category_daily rows, added to the stored ones
     expected: dict[int, int] = field(default_factory=dict)
     alerts: pa.Table | None = None
     alert_changes: pa.Table | None = None
@@ -179,11 +166,10 @@ class PartitionCheckpoint(msgspec.Struct, frozen=True):
 
 
 class Applied(msgspec.Struct, frozen=True):
-    """The sink's answer to one checkpoint: committed (with the category counts for the metrics), or refused."""
+    """The sink's answer to one checkpoint: committed, or refused."""
 
     fenced: dict[int, int] = {}  # partition -> the stored next_offset, where it was not the expected one
     duplicates: list[str] = []  # event ids that were already stored
-    category_counts: list[tuple[str, str, str, int]] = []  # stage, category, outcome, decisions
 
     @property
     def committed(self) -> bool:
@@ -268,19 +254,19 @@ class Store:
                 if fenced:
                     self.rollback()
                     return Applied(fenced=fenced)
-            counts: list[tuple[str, str, str, int]] = []
             if cp.decisions is not None and cp.decisions.num_rows:
                 sent = cp.decisions.column("event_id").to_pylist()
                 new = self.insert_decisions(cp.decisions)
                 if len(new) != len(sent):
                     self.rollback()
                     return Applied(duplicates=[i for i in sent if i not in new])
-                counts = self.add_daily(cp.decisions, sent)
+            if cp.daily is not None and cp.daily.num_rows:
+                self.add_daily(cp.daily)
             self.finish(cp)
         except BaseException:
             self.rollback()
             raise
-        return Applied(category_counts=counts)
+        return Applied()
 
     def begin(self) -> None:
         self.conn.execute("BEGIN TRANSACTION")
@@ -296,31 +282,19 @@ class Store:
             self.conn.unregister("decisions_batch")
         return {r[0] for r in rows}
 
-    def add_daily(self, decisions: pa.Table, new_ids: Sequence[str]) -> list[tuple[str, str, str, int]]:
-        """Fold the new decisions of a batch into ``user_category_daily`` (one row per user, category and
-        UTC day; a category counts where the decision has both its score and its threshold) and return
-        (stage, category, outcome, count) for the metrics. Runs in DuckDB, off the interpreter's lock."""
+    def add_daily(self, daily: pa.Table) -> None:
+        """Add a batch's per-user, per-category, per-day counts to ``user_category_daily``."""
         conn = self.conn
-        conn.register("decisions_batch", decisions)
+        conn.register("daily_batch", daily)
         try:
-            ids = [list(new_ids)]
             conn.execute(
-                "INSERT INTO user_category_daily BY NAME "
-                "SELECT tenant, user_id, category, day, count(*) AS decisions, "
-                "count(*) FILTER (WHERE outcome = 'blocked') AS blocks, "
-                "count(*) FILTER (WHERE outcome = 'hugging') AS hugs, sum(score) AS score_sum "
-                f"FROM ({BATCH_OUTCOMES_SQL}) GROUP BY ALL "
+                "INSERT INTO user_category_daily BY NAME SELECT * FROM daily_batch "
                 "ON CONFLICT (tenant, user_id, category, day) DO UPDATE SET "
                 "decisions = decisions + excluded.decisions, blocks = blocks + excluded.blocks, "
-                "hugs = hugs + excluded.hugs, score_sum = score_sum + excluded.score_sum",
-                ids,
+                "hugs = hugs + excluded.hugs, score_sum = score_sum + excluded.score_sum"
             )
-            rows = conn.execute(
-                f"SELECT stage, category, outcome, count(*) FROM ({BATCH_OUTCOMES_SQL}) GROUP BY ALL", ids
-            ).fetchall()
         finally:
-            conn.unregister("decisions_batch")
-        return [(str(s), str(c), str(o), int(n)) for s, c, o, n in rows]
+            conn.unregister("daily_batch")
 
     def finish(self, cp: Checkpoint) -> None:
         """Write the rest of the checkpoint and commit. On any error the whole batch rolls back."""

@@ -75,6 +75,7 @@ class WireCheckpoint(msgspec.Struct, frozen=True):
     users: list[tuple[int, str, str, bytes]]
     populations: list[tuple[int, bytes, int]]
     decisions: bytes | None = None  # each table as an Arrow IPC stream
+    daily: bytes | None = None
     alerts: bytes | None = None
     alert_changes: bytes | None = None
     dead_letters: bytes | None = None
@@ -109,6 +110,7 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
             users=cp.users,
             populations=cp.populations,
             decisions=to_ipc(cp.decisions),
+            daily=to_ipc(cp.daily),
             alerts=to_ipc(cp.alerts),
             alert_changes=to_ipc(cp.alert_changes),
             dead_letters=to_ipc(cp.dead_letters),
@@ -121,6 +123,7 @@ def decode_checkpoint(body: bytes) -> Checkpoint:
     return Checkpoint(
         topic=wire.topic,
         decisions=from_ipc(wire.decisions),
+        daily=from_ipc(wire.daily),
         expected=wire.expected,
         alerts=from_ipc(wire.alerts),
         alert_changes=from_ipc(wire.alert_changes),
