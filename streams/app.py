@@ -407,6 +407,39 @@ def set_fetch_max_wait(ms: int) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
 
 
+def deliver_without_race() -> None:
+    """Faust's consumer loop hands each fetched message to the agents with ``wait_first(callback(message),
+    suspend_flow.wait())``: four futures, an ``asyncio.wait`` and three cancellations per message (a third of
+    Faust's per-message cost in py-spy), so that a callback blocked on a full stream buffer is abandoned if a
+    rebalance suspends the flow. Await the callback directly while the flow runs; when it is suspended, or for any
+    other ``wait_first`` call, Faust's own path runs. A blocked callback is not stuck: the agent keeps draining
+    its stream into the commit queue, which ``on_partitions_revoked`` empties (``Service.drain``), and the
+    rebalance tests (tests/integration/test_scale_out.py) cover kills, joins and clean stops under load."""
+    from asyncio import Event
+
+    from faust.transport.consumer import Consumer
+    from mode.services import WaitResults
+
+    flow_wait = Event.wait.__code__
+    original = getattr(Consumer.wait_first, "__wrapped__", Consumer.wait_first)
+
+    @functools.wraps(original)
+    async def wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
+        if (
+            timeout is None
+            and len(coros) == 2
+            and getattr(coros[1], "cr_code", None) is flow_wait
+            and not self.suspend_flow.is_set()
+            and not self._stopped.is_set()
+        ):
+            callback, flow = coros
+            flow.close()  # the suspend_flow.wait() coroutine, never started
+            return WaitResults([callback], [await callback], False)
+        return await original(self, *coros, timeout=timeout)
+
+    Consumer.wait_first = wait_first  # type: ignore[method-assign]
+
+
 def web_ssl_context(settings: Settings) -> Any:
     if not settings.web_tls_cert:
         return None
@@ -419,6 +452,8 @@ def web_ssl_context(settings: Settings) -> Any:
 
 def create_app(settings: Settings, service: Service) -> faust.App:
     set_fetch_max_wait(settings.fetch_max_wait_ms)
+    if settings.faust_direct_delivery:
+        deliver_without_race()
     app = faust.App(
         settings.consumer_group,
         broker=[f"kafka://{hp.strip()}" for hp in settings.bootstrap.split(",")],

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         description="longest a fetch waits for data at the broker (Faust hard-codes 1500; the embedded broker "
         "always waits it out, so it adds straight to detection latency)",
     )
+    faust_direct_delivery: bool = Field(
+        True,
+        description="hand each fetched message to the agent by awaiting Faust's callback directly while the flow "
+        "runs, instead of Faust's per-message wait_first race against a rebalance (1.5x events/s measured); "
+        "false restores Faust's own path",
+    )
     rebalance_timeout_seconds: float = Field(
         10.0, gt=0, description="how long a rebalance waits for members to rejoin (also the start-up join wait)"
     )
