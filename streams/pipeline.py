@@ -287,11 +287,21 @@ class Pipeline:
 
     def reload(self, partitions: set[int]) -> None:
         """Back to the last committed checkpoint: the detectors' in-memory state of these partitions was
-        changed by a batch that did not commit."""
+        changed by a batch that did not commit.
+
+        The partitions stay assigned throughout: the worker prepares its next batch on another thread while
+        this runs, and a partition missing from ``assigned`` for a moment would make that batch skip its
+        messages as not ours (and its later offsets would then cover them). Each partition's state and resume
+        offset are swapped in whole once loaded."""
         self.engine.discard_pending()
         partitions &= self.assigned
-        self.revoke(partitions)
-        self.assign(partitions)
+        if not partitions:
+            return
+        for partition, cp in sorted(self.store.checkpoint(self.topic, partitions).items()):
+            alerts = [_alert_state(row) for row in cp.alerts]
+            self.engine.load_partition(partition, cp.population, cp.users, alerts, cp.watermark_ms)
+            self.next_offsets[partition] = cp.next_offset
+            log.info("partition %d reloaded: resuming after offset %d", partition, cp.next_offset)
 
     @staticmethod
     def _decisions_table(accepted: list[Accepted]) -> pa.Table:

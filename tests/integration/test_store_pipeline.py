@@ -343,3 +343,26 @@ def test_a_zombie_is_fenced_and_both_owners_equal_one_clean_pass(tmp_path: Path,
     store.close()
     assert fenced >= len(chunks) - 1, "every batch after the take-over raced once"
     assert snapshot(tmp_path / "shared.duckdb") == snapshot(tmp_path / "reference.duckdb")
+
+
+def test_reload_keeps_partitions_assigned_while_it_loads(tmp_path: Path, stream: list[Message]) -> None:
+    """The worker prepares the next batch on its event loop while the commit thread reloads a partition (after a
+    detector error or a refused batch). A partition missing from ``assigned`` meanwhile made that batch drop its
+    messages as not ours, and later offsets then covered them: lost. Found by test_worker_faults, 2 runs in 8."""
+    p = pipeline(tmp_path / "reload.duckdb")
+    process(p, [m for m in stream if m.offset < 10_000_000][:1400])
+    store = p.store
+    assert isinstance(store, Store)
+    original = store.checkpoint
+    assigned_during: list[set[int]] = []
+
+    def checkpoint(topic: str, partitions: Any) -> Any:
+        assigned_during.append(set(p.assigned))
+        return original(topic, partitions)
+
+    store.checkpoint = checkpoint  # type: ignore[method-assign]
+    before = dict(p.next_offsets)
+    p.reload({0, 1})
+    assert assigned_during == [{0, 1}] and p.assigned == {0, 1}
+    assert p.next_offsets == before
+    store.close()
