@@ -143,14 +143,17 @@ class Pipeline:
     def assign(self, partitions: set[int]) -> None:
         """Load the checkpoint of partitions this worker now owns."""
         new = partitions - self.assigned
-        if not new:
-            return
-        for partition, cp in sorted(self.store.checkpoint(self.topic, new).items()):
+        if new:
+            self._load(new, "assigned")
+            self.assigned |= new
+
+    def _load(self, partitions: set[int], what: str) -> None:
+        """Each partition's detector state and resume offset from the sink's checkpoint, swapped in whole."""
+        for partition, cp in sorted(self.store.checkpoint(self.topic, partitions).items()):
             alerts = [_alert_state(row) for row in cp.alerts]
             self.engine.load_partition(partition, cp.population, cp.users, alerts, cp.watermark_ms)
             self.next_offsets[partition] = cp.next_offset
-            self.assigned.add(partition)
-            log.info("partition %d assigned: resuming after offset %d", partition, cp.next_offset)
+            log.info("partition %d %s: resuming after offset %d", partition, what, cp.next_offset)
 
     def revoke(self, partitions: set[int]) -> None:
         for partition in partitions & self.assigned:
@@ -294,14 +297,8 @@ class Pipeline:
         messages as not ours (and its later offsets would then cover them). Each partition's state and resume
         offset are swapped in whole once loaded."""
         self.engine.discard_pending()
-        partitions &= self.assigned
-        if not partitions:
-            return
-        for partition, cp in sorted(self.store.checkpoint(self.topic, partitions).items()):
-            alerts = [_alert_state(row) for row in cp.alerts]
-            self.engine.load_partition(partition, cp.population, cp.users, alerts, cp.watermark_ms)
-            self.next_offsets[partition] = cp.next_offset
-            log.info("partition %d reloaded: resuming after offset %d", partition, cp.next_offset)
+        if partitions & self.assigned:
+            self._load(partitions & self.assigned, "reloaded")
 
     @staticmethod
     def _decisions_table(accepted: list[Accepted]) -> pa.Table:
