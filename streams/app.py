@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import logging
 import os
 import tempfile
@@ -27,17 +26,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import faust
-import orjson
 from faust.web import Request, Response, View
 
 from detectors.judge import JudgeDisagreement, disagreement_rates
 from streams import __version__
+from streams.endpoints import AUTH_CHALLENGE, TEXT, answer_query, authorized, record_verdict
 from streams.metrics import CONTENT_TYPE, Metrics
-from streams.nist import load_mapping
-from streams.outbox import alert_record
+from streams.outbox import publish_outbox
 from streams.pipeline import DeadLetter, Message, Outcome, Pipeline, Prepared
 from streams.settings import Settings
-from streams.store import QueryRefused, Store, parse_query_body
+from streams.store import Store
 
 log = logging.getLogger("guardstream.app")
 T = TypeVar("T")
@@ -314,21 +312,12 @@ class Service:
         assert self.app is not None
         if self.store is None:
             return  # the writer process publishes its outbox
-        pending = await self.db(self.store.unpublished_changes)
-        if not pending:
-            return
-        mapping = load_mapping()
-        producer = self.app.producer
-        futures = []
-        for change in pending:
-            key, value, headers = alert_record(change, mapping)
-            futures.append(
-                await producer.send(
-                    self.settings.alerts_topic, key, value, partition=None, timestamp=None, headers=headers
-                )
-            )
-        await asyncio.gather(*futures)
-        await self.db(self.store.mark_published, [c["change_id"] for c in pending])
+        producer, topic = self.app.producer, self.settings.alerts_topic
+
+        def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
+            return producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
+
+        await publish_outbox(self.store, self.db, send)
 
     def status(self) -> dict[str, Any]:
         partitions = {}
@@ -553,12 +542,11 @@ def create_app(settings: Settings, service: Service) -> faust.App:
         """Every endpoint: basic auth when it is configured (401 otherwise), in constant time."""
 
         async def dispatch(self, request: Any) -> Any:
-            if authorization is not None:
-                given = request.headers.get("Authorization", "") if getattr(request, "headers", None) else ""
-                if not hmac.compare_digest(given.encode(), authorization.encode()):
-                    response = self.bytes(b"authentication required", status=401, content_type="text/plain")
-                    response.headers["WWW-Authenticate"] = 'Basic realm="guardstream"'
-                    return response
+            given = request.headers.get("Authorization") if getattr(request, "headers", None) else None
+            if not authorized(given, authorization):
+                response = self.bytes(b"authentication required", status=401, content_type=TEXT)
+                response.headers.update(AUTH_CHALLENGE)
+                return response
             return await super().dispatch(request)
 
     @app.page("/metrics")
@@ -591,42 +579,18 @@ def create_app(settings: Settings, service: Service) -> faust.App:
             if (refused := no_store(self)) is not None:
                 return refused
             assert service.store is not None
-            try:
-                body = orjson.loads(await request.read())
-                alert_id, verdict = str(body["alert_id"]), str(body["verdict"])
-                analyst, note = body.get("analyst"), body.get("note")
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                return self.bytes(f"bad verdict request: {exc}".encode(), status=400, content_type="text/plain")
-            try:
-                detector = await service.db(service.store.record_verdict, alert_id, verdict, analyst, note)
-            except (ValueError, LookupError) as exc:
-                return self.bytes(str(exc).encode(), status=400, content_type="text/plain")
-            service.metrics.observe_verdicts(await service.db(service.store.verdict_counts))
-            return self.json({"alert_id": alert_id, "verdict": verdict, "detector": detector})
+            status, body, kind = await record_verdict(service.store, service.db, service.metrics, await request.read())
+            return self.bytes(body, status=status, content_type=kind)
 
     @app.page("/query")
     class QueryView(Guarded):
         async def post(self, request: Request) -> Response:
             if (refused := no_store(self)) is not None:
                 return refused
-            store = service.store
-            assert store is not None
+            assert service.store is not None
             headers = getattr(request, "headers", None)
-            try:
-                sql, params = parse_query_body(await request.read(), headers.get("Content-Type") if headers else None)
-            except ValueError as exc:
-                return self.bytes(str(exc).encode(), status=400, content_type="text/plain")
-            try:
-                table = await asyncio.to_thread(store.query, sql, params)
-            except QueryRefused as exc:
-                return self.bytes(str(exc).encode(), status=403, content_type="text/plain")
-            except Exception as exc:  # a bad query is the caller's problem, not the pipeline's
-                return self.bytes(f"{type(exc).__name__}: {exc}".encode(), status=400, content_type="text/plain")
-            import pyarrow as pa
-
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-            return self.bytes(sink.getvalue().to_pybytes(), content_type="application/vnd.apache.arrow.stream")
+            content_type = headers.get("Content-Type") if headers else None
+            status, body, kind = await answer_query(service.store, await request.read(), content_type)
+            return self.bytes(body, status=status, content_type=kind)
 
     return app

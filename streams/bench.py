@@ -327,16 +327,9 @@ def simulated_events(events: int, seed: int) -> tuple[list[dict[str, Any]], int]
 
 
 def _bar(console: Console) -> Progress:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from streams.output import progress_bar
 
-    return Progress(
-        TextColumn("{task.description:<34}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+    return progress_bar(console, description="{task.description:<34}")
 
 
 def _produce_all(run: _Run, topic: str, events: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:

@@ -49,7 +49,7 @@ import numpy.typing as npt
 import orjson
 import pyarrow as pa
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from detectors.events import Decision, decode
@@ -57,6 +57,7 @@ from detectors.registry import DETECTOR_NAMES, build_engine
 from streams.bench import workspace
 from streams.evaluate import kafka_partition
 from streams.investigate import bind, investigate, named_query, run_named
+from streams.output import progress_bar
 from streams.pipeline import Message, Pipeline
 from streams.query import query
 from streams.settings import Settings
@@ -1133,14 +1134,7 @@ def _size(n: int) -> str:
 
 @contextmanager
 def _progress(console: Console, enabled: bool) -> Iterator[Progress]:
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-    ) as bar:
+    with progress_bar(console, disable=not enabled) as bar:
         yield bar
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
 from streams.settings import Settings
 
@@ -165,9 +165,9 @@ def simulate(
     console.print(f"generated {len(sim.events):,} decisions in {time.monotonic() - started:.1f}s; labels in {labels}")
     try:
         asyncio.run(ensure_topics(settings))
-        with Progress(
-            TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as progress:
+        from streams.output import progress_bar
+
+        with progress_bar(console, description="producing") as progress:
             task = progress.add_task("produce", total=len(sim.events) + len(broken))
             offsets = asyncio.run(produce(settings, sim.events, broken, lambda n: progress.advance(task, n), seed))
     except (BrokerError, OSError) as exc:
@@ -525,14 +525,9 @@ def evaluate_command(
         name: dataclasses.replace(SCENARIOS[name], users=max(60, int(SCENARIOS[name].users * scale))) for name in chosen
     }
     out = report_console()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    from streams.output import progress_bar
+
+    with progress_bar(console, transient=True) as progress:
         task = progress.add_task("evaluating", total=len(configs))
         results = evaluate(
             configs,

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from detectors.events import pseudonymize
 from streams.broker import EmbeddedBroker, ensure_topics, free_port
@@ -147,14 +147,9 @@ def run_demo(
             f"(+{len(broken)} broken events); ground truth in {labels_path} "
             f"({time.monotonic() - started:.1f}s)"
         )
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        ) as progress:
+        from streams.output import progress_bar
+
+        with progress_bar(console) as progress:
             produced = progress.add_task("produce ", total=total)
             processed = progress.add_task("pipeline", total=total)
             produce_task = asyncio.run(

@@ -3,11 +3,16 @@ the writer process when several workers share one)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from streams.nist import NistMapping
+from streams.nist import NistMapping, load_mapping
+from streams.store import Store
+
+Send = Callable[[bytes, bytes, list[tuple[str, bytes]]], Awaitable[Awaitable[Any]]]
 
 ALERT_SCHEMA = "guardstream.alert/v1"
 
@@ -25,3 +30,17 @@ def alert_record(change: dict[str, Any], mapping: NistMapping) -> tuple[bytes, b
         "category_ai600_risk": mapping.risk(change["category"]),
     }
     return change["user_id"].encode(), orjson.dumps(body), [("guardstream.change", change["change"].encode())]
+
+
+async def publish_outbox(store: Store, db: Callable[..., Awaitable[Any]], send: Send) -> int:
+    """Publish every alert change the alerts topic has not acknowledged yet, then mark them published.
+    ``db`` runs a store call on the thread that owns the store; ``send(key, value, headers)`` returns the
+    producer's delivery future. Returns how many were published."""
+    pending = await db(store.unpublished_changes)
+    if not pending:
+        return 0
+    mapping = load_mapping()
+    futures = [await send(*alert_record(change, mapping)) for change in pending]
+    await asyncio.gather(*futures)
+    await db(store.mark_published, [c["change_id"] for c in pending])
+    return len(pending)

@@ -12,7 +12,23 @@ from typing import Any
 import orjson
 import pyarrow as pa
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+
+def progress_bar(
+    console: Console, *, description: str = "{task.description}", transient: bool = False, disable: bool = False
+) -> Progress:
+    """Every command's progress bar: what, the bar, done/total, elapsed."""
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=transient,
+        disable=disable,
+    )
 
 
 def rows(table: pa.Table) -> list[dict[str, Any]]:

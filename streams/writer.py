@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import http.client
 import json
 import logging
@@ -48,17 +47,16 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from streams import __version__
+from streams.endpoints import AUTH_CHALLENGE, answer_query, authorized, record_verdict, to_ipc
 from streams.metrics import CONTENT_TYPE, Metrics
-from streams.nist import load_mapping
-from streams.outbox import alert_record
+from streams.outbox import publish_outbox
 from streams.settings import Settings
-from streams.store import Applied, Checkpoint, PartitionCheckpoint, QueryRefused, Store, parse_query_body
+from streams.store import Applied, Checkpoint, PartitionCheckpoint, Store
 
 log = logging.getLogger("guardstream.writer")
 T = TypeVar("T")
 
 MSGPACK = "application/msgpack"
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
 RETRY_STATUSES = {502, 503, 504}
 
 
@@ -88,13 +86,8 @@ _partitions = msgspec.msgpack.Decoder(dict[int, PartitionCheckpoint])
 _applied = msgspec.msgpack.Decoder(Applied)
 
 
-def to_ipc(table: pa.Table | None) -> bytes | None:
-    if table is None:
-        return None
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
+def optional_ipc(table: pa.Table | None) -> bytes | None:
+    return None if table is None else to_ipc(table)
 
 
 def from_ipc(data: bytes | None) -> pa.Table | None:
@@ -109,11 +102,11 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
             offsets=cp.offsets,
             users=cp.users,
             populations=cp.populations,
-            decisions=to_ipc(cp.decisions),
-            daily=to_ipc(cp.daily),
-            alerts=to_ipc(cp.alerts),
-            alert_changes=to_ipc(cp.alert_changes),
-            dead_letters=to_ipc(cp.dead_letters),
+            decisions=optional_ipc(cp.decisions),
+            daily=optional_ipc(cp.daily),
+            alerts=optional_ipc(cp.alerts),
+            alert_changes=optional_ipc(cp.alert_changes),
+            dead_letters=optional_ipc(cp.dead_letters),
         )
     )
 
@@ -316,17 +309,12 @@ class Writer:
 
     # -- outputs ---------------------------------------------------------------------------------------
     async def publish_outbox(self) -> None:
-        pending = await self.db(self.store.unpublished_changes)
-        if not pending:
-            return
-        mapping = load_mapping()
-        futures = []
-        for change in pending:
-            key, value, headers = alert_record(change, mapping)
-            futures.append(await self.producer.send(self.settings.alerts_topic, value, key=key, headers=headers))
-        await asyncio.gather(*futures)
-        await self.db(self.store.mark_published, [c["change_id"] for c in pending])
-        self.own.published.inc(len(pending))
+        topic = self.settings.alerts_topic
+
+        def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
+            return self.producer.send(topic, value, key=key, headers=headers)
+
+        self.own.published.inc(await publish_outbox(self.store, self.db, send))
 
     async def outbox_loop(self) -> None:
         while True:
@@ -368,31 +356,12 @@ class Writer:
         return web.json_response(body)
 
     async def query(self, request: web.Request) -> web.Response:
-        try:
-            sql, params = parse_query_body(await request.read(), request.headers.get("Content-Type"))
-        except ValueError as exc:
-            return web.Response(status=400, text=str(exc))
-        try:
-            table = await asyncio.to_thread(self.store.query, sql, params)
-        except QueryRefused as exc:
-            return web.Response(status=403, text=str(exc))
-        except Exception as exc:  # a bad query is the caller's problem, not the writer's
-            return web.Response(status=400, text=f"{type(exc).__name__}: {exc}")
-        return web.Response(body=to_ipc(table), content_type=ARROW_STREAM)
+        status, body, kind = await answer_query(self.store, await request.read(), request.headers.get("Content-Type"))
+        return web.Response(status=status, body=body, content_type=kind)
 
     async def verdict(self, request: web.Request) -> web.Response:
-        try:
-            body = json.loads(await request.read())
-            alert_id, verdict = str(body["alert_id"]), str(body["verdict"])
-            analyst, note = body.get("analyst"), body.get("note")
-        except (ValueError, KeyError, TypeError) as exc:
-            return web.Response(status=400, text=f"bad verdict request: {exc}")
-        try:
-            detector = await self.db(self.store.record_verdict, alert_id, verdict, analyst, note)
-        except (ValueError, LookupError) as exc:
-            return web.Response(status=400, text=str(exc))
-        self.metrics.observe_verdicts(await self.db(self.store.verdict_counts))
-        return web.json_response({"alert_id": alert_id, "verdict": verdict, "detector": detector})
+        status, body, kind = await record_verdict(self.store, self.db, self.metrics, await request.read())
+        return web.Response(status=status, body=body, content_type=kind)
 
 
 def build_web_app(writer: Writer, settings: Settings) -> web.Application:
@@ -400,11 +369,8 @@ def build_web_app(writer: Writer, settings: Settings) -> web.Application:
 
     @web.middleware
     async def basic_auth(request: web.Request, handler: Callable[..., Any]) -> Any:
-        if authorization is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), authorization.encode()):
-                challenge = {"WWW-Authenticate": 'Basic realm="guardstream"'}
-                return web.Response(status=401, text="authentication required", headers=challenge)
+        if not authorized(request.headers.get("Authorization"), authorization):
+            return web.Response(status=401, text="authentication required", headers=AUTH_CHALLENGE)
         return await handler(request)
 
     app = web.Application(middlewares=[basic_auth], client_max_size=256 * 1024 * 1024)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
 import subprocess
 import time
 import urllib.request
@@ -44,7 +43,7 @@ from streams.broker import client_kwargs, free_port, producer
 from streams.query import query_service
 from streams.settings import Settings
 from streams.simulator import SimConfig, simulate
-from tests.integration.test_run_against_broker import GUARDSTREAM, env_for, get_json
+from tests.integration.test_run_against_broker import GUARDSTREAM, env_for, get_json, stop
 
 pytestmark = pytest.mark.integration
 
@@ -377,13 +376,7 @@ def worker_with_log(settings: Settings, tmp_path: Path) -> Iterator[tuple[subpro
             time.sleep(0.3)
         yield proc, url, log_path
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
 
 
 def dead_letter_metric(url: str) -> Counter[str]:
