@@ -171,10 +171,6 @@ class Applied(msgspec.Struct, frozen=True):
     fenced: dict[int, int] = {}  # partition -> the stored next_offset, where it was not the expected one
     duplicates: list[str] = []  # event ids that were already stored
 
-    @property
-    def committed(self) -> bool:
-        return not self.fenced and not self.duplicates
-
 
 class Store:
     """The single writer. Every method runs on the caller's thread; one batch at a time."""

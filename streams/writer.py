@@ -121,8 +121,8 @@ def decode_checkpoint(body: bytes) -> Checkpoint:
         alerts=from_ipc(wire.alerts),
         alert_changes=from_ipc(wire.alert_changes),
         dead_letters=from_ipc(wire.dead_letters),
-        users=[tuple(u) for u in wire.users],  # type: ignore[misc]
-        populations=[tuple(p) for p in wire.populations],  # type: ignore[misc]
+        users=wire.users,  # msgspec decodes the typed tuples
+        populations=wire.populations,
         offsets=wire.offsets,
     )
 
