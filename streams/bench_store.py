@@ -58,11 +58,11 @@ from streams.bench import workspace
 from streams.evaluate import kafka_partition
 from streams.investigate import bind, investigate, named_query, run_named
 from streams.output import progress_bar
-from streams.pipeline import Message, Pipeline
+from streams.pipeline import Layouts, Message, Pipeline, event_key, layouts_table
 from streams.query import query
 from streams.settings import Settings
 from streams.simulator import SimConfig, simulate
-from streams.store import Checkpoint, Store, open_read_only, run_read_only
+from streams.store import Checkpoint, Store, migrations, open_read_only, run_read_only
 
 DEFAULT_DECISIONS: tuple[int, ...] = (1_000_000, 10_000_000)
 DEFAULT_USERS: tuple[int, ...] = (100_000, 1_000_000)
@@ -70,6 +70,8 @@ QUICK: dict[str, tuple[int, ...]] = {"decisions": (100_000,), "users": (10_000,)
 """Smoke-test sizes: ``run_store_bench(**QUICK)`` takes about two minutes (one with ``latency_users=50``)."""
 
 SINK_BATCH = int(Settings.model_fields["batch_max_events"].default)  # the worker's default batch
+CHECKPOINT_THRESHOLD = str(Settings.model_fields["duckdb_checkpoint_threshold"].default)  # the worker's
+LEGACY_MAX = 1_000_000  # the layout before migration 003 is measured side by side up to this size
 STATE_TARGET_BYTES = 1024  # issue 6: at most 1 KB of state per tracked user
 PARTITIONS = 4  # the default topic_partitions
 LATENCY_USERS = 200  # sampled users per layout: half drawn per user (mostly light), half per decision (heavy)
@@ -186,7 +188,7 @@ def print_store_report(result: dict[str, Any], console: Console) -> None:
             "batch p50 / p95 ms",
             "replay rows/s",
             "with table build",
-            "maps as struct lists",
+            "before 003",
             "file",
             "bytes/row",
             "seconds",
@@ -200,7 +202,7 @@ def print_store_report(result: dict[str, Any], console: Console) -> None:
                 f"{r['batch_ms']['p50']:,.0f} / {r['batch_ms']['p95']:,.0f}",
                 f"{r['replay_rows_per_second']:,.0f}",
                 f"{r['sink_rows_per_second']:,.0f}",
-                f"{r['struct_lists_rows_per_second']:,.0f}",
+                f"{r['legacy_rows_per_second']:,.0f}" if r.get("legacy_rows_per_second") else "-",
                 _size(r["file_bytes"]),
                 f"{r['file_bytes'] / r['decisions']:,.0f}",
                 f"{r['seconds']['total']:,.0f}",
@@ -210,8 +212,8 @@ def print_store_report(result: dict[str, Any], console: Console) -> None:
         console.print(
             f"  Pipeline._decisions_table builds {b['rows_per_second']:,.0f} rows/s "
             f"({b['rows']:,} simulator decisions); 'with table build' = build + insert, one after the other; "
-            "'maps as struct lists' = the same rows with scores and thresholds as STRUCT(key, value)[] "
-            "instead of MAP (a comparison, not the schema)."
+            f"'before 003' = the same rows into the layout before migration 003 (MAP columns, event_id primary "
+            f"key; up to {LEGACY_MAX:,} rows)."
         )
     if result["investigate"]:
         t = Table(title="investigation latency, ms (p50 / p95 / max) over sampled users")
@@ -331,7 +333,7 @@ def _table_build(work: Path, bar: Progress) -> dict[str, Any]:
         for i in range(0, len(messages), SINK_BATCH):
             accepted = pipeline.prepare(messages[i : i + SINK_BATCH]).accepted
             t0 = time.perf_counter()
-            table = Pipeline._decisions_table(accepted)
+            table, _layouts = pipeline._decisions_table(accepted)
             seconds += time.perf_counter() - t0
             rows += table.num_rows
     finally:
@@ -347,7 +349,7 @@ def _reference_schema(work: Path) -> pa.Schema:
     pipeline = _sink_pipeline(work, "schema.duckdb")
     try:
         accepted = pipeline.prepare(_simulated_messages(30, 0.5, SEED)).accepted
-        schema: pa.Schema = Pipeline._decisions_table(accepted).schema
+        schema: pa.Schema = pipeline._decisions_table(accepted)[0].schema
     finally:
         pipeline.store.close()
         (work / "schema.duckdb").unlink(missing_ok=True)
@@ -357,7 +359,7 @@ def _reference_schema(work: Path) -> pa.Schema:
 def _ingest(work: Path, n: int, schema: pa.Schema, build_rps: float, keep: bool, bar: Progress) -> dict[str, Any]:
     path = work / f"ingest-{n}.duckdb"
     path.unlink(missing_ok=True)
-    store = Store(path)
+    store = Store(path, checkpoint_threshold=CHECKPOINT_THRESHOLD)
     generator = _DecisionGenerator(n, schema)
     try:
         insert = _write(store, generator, f"insert {n:,} decisions", bar)
@@ -370,23 +372,22 @@ def _ingest(work: Path, n: int, schema: pa.Schema, build_rps: float, keep: bool,
     if not keep:
         path.unlink()
 
-    # Side by side: the same rows with scores and thresholds as STRUCT(key, value)[] instead of MAP. Not the
-    # schema; it shows what the two MAP columns cost on insert.
-    variant_path = work / f"ingest-{n}-struct-lists.duckdb"
-    variant_path.unlink(missing_ok=True)
-    variant = Store(variant_path)
-    try:
-        for column in _MAP_COLUMNS:
-            variant.conn.execute(
-                f"ALTER TABLE decisions ALTER COLUMN {column} SET DATA TYPE STRUCT(key VARCHAR, value DOUBLE)[] "
-                f"USING map_entries({column})"
-            )
-        struct_lists = _write(variant, generator, f"insert {n:,} decisions, maps as struct lists", bar, _map_as_list)
-    finally:
-        variant.close()
-    variant_path.unlink()
+    # Side by side, up to LEGACY_MAX rows: the same rows into the layout before migration 003 (MAP columns in
+    # every row, an event_id primary key), written as that version's sink wrote them.
+    legacy: _Written | None = None
+    if n <= LEGACY_MAX:
+        legacy_path = work / f"ingest-{n}-legacy.duckdb"
+        legacy_path.unlink(missing_ok=True)
+        old = _legacy_store(legacy_path)
+        old.conn.execute("SET checkpoint_threshold = ?", [CHECKPOINT_THRESHOLD])
+        try:
+            legacy = _write(old, generator, f"insert {n:,} decisions, layout before migration 003", bar, legacy=True)
+        finally:
+            old.close()
+        legacy_path.unlink()
 
     insert_rps = n / insert.seconds
+    runs = [w for w in (insert, replay, legacy) if w is not None]
     return {
         "decisions": n,
         "batch_rows": SINK_BATCH,
@@ -399,19 +400,16 @@ def _ingest(work: Path, n: int, schema: pa.Schema, build_rps: float, keep: bool,
         "sink_rows_per_second": 1 / (1 / insert_rps + 1 / build_rps),
         "batch_ms": _stats([1000 * b for b in insert.batch_seconds]),
         "last_tenth_rows_per_second": insert.tail_rows_per_second(),
-        "struct_lists_rows_per_second": n / struct_lists.seconds,
+        "legacy_rows_per_second": n / legacy.seconds if legacy else None,
         "file_bytes": file_bytes,
         "seconds": {
-            "generate": round(insert.generate + replay.generate + struct_lists.generate, 1),
+            "generate": round(sum(w.generate for w in runs), 1),
             "insert": round(insert.seconds, 1),
             "replay": round(replay.seconds, 1),
-            "insert struct lists": round(struct_lists.seconds, 1),
-            "total": round(sum(w.seconds + w.generate for w in (insert, replay, struct_lists)), 1),
+            "insert legacy": round(legacy.seconds, 1) if legacy else None,
+            "total": round(sum(w.seconds + w.generate for w in runs), 1),
         },
     }
-
-
-_MAP_COLUMNS = ("scores", "thresholds")
 
 
 @dataclass(slots=True)
@@ -428,48 +426,58 @@ class _Written:
         return SINK_BATCH * len(tail) / sum(tail)
 
 
-def _write(
-    store: Store,
-    generator: _DecisionGenerator,
-    label: str,
-    bar: Progress,
-    convert: Callable[[pa.Table], pa.Table] | None = None,
-) -> _Written:
-    """Every generated row through the sink's transaction, one sink batch at a time; only that is timed."""
+def _write(store: Store, generator: _DecisionGenerator, label: str, bar: Progress, legacy: bool = False) -> _Written:
+    """Every generated row through the sink's transaction, one sink batch at a time; only that is timed.
+    ``legacy``: into a store laid out as before migration 003 (see :func:`_legacy_store`), as the sink wrote it."""
     n = generator.n
     out = _Written()
     task = bar.add_task(f"{label}, {SINK_BATCH:,}-row batches", total=n)
     generator.reset()
+    conn = store.conn
     for index, first in enumerate(range(0, n, GENERATE_CHUNK)):
         t0 = time.perf_counter()
-        table, offsets = generator.chunk(index, first, min(GENERATE_CHUNK, n - first))
-        if convert is not None:
-            table = convert(table)
+        table, offsets = generator.chunk(index, first, min(GENERATE_CHUNK, n - first), legacy=legacy)
         out.generate += time.perf_counter() - t0
         for start in range(0, table.num_rows, SINK_BATCH):
             batch = table.slice(start, SINK_BATCH)
             checkpoint = Checkpoint(topic="bench", offsets=offsets(start, batch.num_rows))
             t0 = time.perf_counter()
             store.begin()
-            new = store.insert_decisions(batch)
+            if legacy:
+                conn.register("legacy_batch", batch)
+                new = len(
+                    conn.execute(
+                        "INSERT INTO decisions BY NAME SELECT * FROM legacy_batch ON CONFLICT DO NOTHING "
+                        "RETURNING event_id"
+                    ).fetchall()
+                )
+                conn.unregister("legacy_batch")
+            else:
+                new = 0 if store.insert_decisions(batch, generator.layouts) else batch.num_rows
             store.finish(checkpoint)
             elapsed = time.perf_counter() - t0
             out.seconds += elapsed
             out.batch_seconds.append(elapsed)
             out.batches += 1
-            out.new += len(new)
+            out.new += new
             bar.advance(task, batch.num_rows)
     return out
 
 
-def _map_as_list(table: pa.Table) -> pa.Table:
-    for column in _MAP_COLUMNS:
-        maps = table[column].combine_chunks()
-        entries = pa.StructArray.from_arrays([maps.keys, maps.items], ["key", "value"])
-        table = table.set_column(
-            table.schema.get_field_index(column), column, pa.ListArray.from_arrays(maps.offsets, entries)
-        )
-    return table
+def _legacy_store(path: Path) -> Store:
+    """A store at migration 002: ``decisions`` a table with the MAP columns and the event_id primary key."""
+    conn = duckdb.connect(str(path))
+    conn.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    for version, name, text in migrations()[:2]:
+        conn.execute(text)
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+    store = object.__new__(Store)  # the Store's begin/finish on this connection, without migrating it
+    store.path, store.conn = path, conn
+    store._reader = conn.cursor()
+    return store
 
 
 class _DecisionGenerator:
@@ -492,12 +500,20 @@ class _DecisionGenerator:
         self.thresholds = np.array([v for t in _TENANTS for v in t.thresholds.values()])
         self.cat_count = np.array([len(t.thresholds) for t in _TENANTS])
         self.cat_base = np.concatenate([[0], np.cumsum(self.cat_count)[:-1]])
+        # every decision scores all of its tenant's categories: one layout per tenant
+        keys, layouts = Layouts().keys([t.thresholds for t in _TENANTS], [t.thresholds for t in _TENANTS])
+        self.layout_keys = np.array(keys, np.uint64)
+        self.layouts = layouts_table(layouts)
         self.reset()
 
     def reset(self) -> None:
         self.next_offset = np.zeros(PARTITIONS, np.int64)
 
-    def chunk(self, index: int, first: int, n: int) -> tuple[pa.Table, Callable[[int, int], dict[int, int]]]:
+    def chunk(
+        self, index: int, first: int, n: int, legacy: bool = False
+    ) -> tuple[pa.Table, Callable[[int, int], dict[int, int]]]:
+        """Rows ``first .. first + n``: in the sink's layout, or (``legacy``) in the layout before migration 003
+        (scores and thresholds as MAP columns in the row, no layout or event key)."""
         rng = np.random.default_rng([SEED, self.n, index])
         row = np.arange(first, first + n, dtype=np.int64)
         user = np.searchsorted(self.user_cum, rng.random(n) * self.user_cum[-1], side="right")
@@ -555,8 +571,10 @@ class _DecisionGenerator:
         gr = pa.array(np.where(judge, len(_TENANTS), tid))
         blocked_list = _lists(offsets, keys, blocked)
         not_judge = ~judge
+        event_ids = _fixed_strings(n, b"e-", _hex(rng, n, 16))
         columns: dict[str, Any] = {
-            "event_id": _fixed_strings(n, b"e-", _hex(rng, n, 16)),
+            "event_id": event_ids,
+            "event_key": pa.array([event_key(e) for e in event_ids.to_pylist()], pa.uint64()),
             "ts": pa.array(ts_ms, pa.timestamp("ms", tz="UTC")),
             "tenant": tenants.take(pa.array(tid)),
             "user_id": _fixed_strings(n, b"u-", _digits(user, 7)),
@@ -569,8 +587,8 @@ class _DecisionGenerator:
             "policy_version": pa.repeat(pa.scalar(_POLICY), n),
             "decision": pa.array(["allow", "block", "redact", "escalate"]).take(pa.array(verdict)),
             "categories": blocked_list,
-            "scores": pa.MapArray.from_arrays(map_offsets, keys, pa.array(score)),
-            "thresholds": pa.MapArray.from_arrays(map_offsets, keys, pa.array(thr)),
+            "layout_key": pa.array(self.layout_keys[tid]),
+            "scores": pa.ListArray.from_arrays(map_offsets, pa.array(score)),
             "max_score": pa.array(np.maximum.reduceat(score, starts)),
             "min_margin": pa.array(np.minimum.reduceat(margin, starts)),
             "peak_ratio": pa.array(peak_ratio),
@@ -588,7 +606,14 @@ class _DecisionGenerator:
             "kafka_offset": pa.array(offset),
             "ingested_at": pa.repeat(pa.scalar(datetime.now(UTC), _TS_US), n),
         }
-        table = pa.table({name: columns[name] for name in self.schema.names}).cast(self.schema)
+        if legacy:
+            columns["scores"] = pa.MapArray.from_arrays(map_offsets, keys, pa.array(score))
+            columns["thresholds"] = pa.MapArray.from_arrays(map_offsets, keys, pa.array(thr))
+            names = [c for c in self.schema.names if c not in ("event_key", "layout_key")]
+            names.insert(names.index("scores") + 1, "thresholds")
+            table = pa.table({name: columns[name] for name in names})
+        else:
+            table = pa.table({name: columns[name] for name in self.schema.names}).cast(self.schema)
 
         def batch_offsets(start: int, length: int) -> dict[int, int]:
             part = partition[start : start + length]
@@ -657,7 +682,7 @@ def _investigation(work: Path, n: int, samples: int, keep: bool, bar: Progress) 
     t1 = time.perf_counter()
     conn = duckdb.connect(str(path))
     try:
-        conn.execute("CREATE INDEX bench_decisions_user_ts ON decisions (user_id, ts)")
+        conn.execute("CREATE INDEX bench_decisions_user_ts ON decision_rows (user_id, ts)")
     finally:
         conn.close()
     seconds["create index"] = time.perf_counter() - t1
@@ -701,13 +726,18 @@ def _generate_store(path: Path, n: int, bar: Progress) -> tuple[int, dict[str, i
                      "cos(2 * pi() * rnd(i, salt + 1))")  # fmt: skip
         conn.execute(
             "CREATE TEMP TABLE bench_tenants (tid INTEGER, tenant VARCHAR, guardrail VARCHAR, version VARCHAR, "
-            "cats VARCHAR[], thrs DOUBLE[], models VARCHAR[])"
+            "cats VARCHAR[], thrs DOUBLE[], models VARCHAR[], layout_key UBIGINT)"
         )
+        keys, layouts = Layouts().keys([t.thresholds for t in _TENANTS], [t.thresholds for t in _TENANTS])
         for tid, t in enumerate(_TENANTS):
             conn.execute(
-                "INSERT INTO bench_tenants VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [tid, t.name, t.guardrail, t.version, list(t.thresholds), list(t.thresholds.values()), list(t.models)],
-            )
+                "INSERT INTO bench_tenants VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [tid, t.name, t.guardrail, t.version, list(t.thresholds), list(t.thresholds.values()), list(t.models),
+                 keys[tid]],
+            )  # fmt: skip
+        conn.register("bench_layouts", layouts_table(layouts))
+        conn.execute("INSERT INTO score_layouts BY NAME SELECT * FROM bench_layouts")
+        conn.unregister("bench_layouts")
         conn.execute(
             f"""CREATE TEMP TABLE bench_users AS
             WITH u AS (
@@ -726,6 +756,11 @@ def _generate_store(path: Path, n: int, bar: Progress) -> tuple[int, dict[str, i
             lo, hi = -(-n * day // DAYS), -(-n * (day + 1) // DAYS)
             conn.execute(_DECISIONS_SQL, {"lo": lo, "hi": hi, "n": n, "w": total_weight, "start": START})
             conn.execute(
+                "INSERT INTO event_keys SELECT (epoch_ms(ts) // 3600000)::INTEGER, md5_number_upper(event_id) "
+                "FROM decision_rows WHERE kafka_offset >= $lo AND kafka_offset < $hi",
+                {"lo": lo, "hi": hi},
+            )
+            conn.execute(
                 _DAILY_SQL, {"day_start": START + timedelta(days=day), "day_end": START + timedelta(days=day + 1)}
             )
             bar.advance(task)
@@ -743,7 +778,7 @@ def _generate_store(path: Path, n: int, bar: Progress) -> tuple[int, dict[str, i
 
 # Rows lo..hi of n, in event-time order; each picks a user by activity weight (ASOF on the cumulative weight).
 _DECISIONS_SQL = f"""
-INSERT INTO decisions BY NAME
+INSERT INTO decision_rows BY NAME
 WITH ev AS (
     SELECT i, rnd(i, 11) * $w AS pick FROM range($lo, $hi) t(i)
 ), base AS (
@@ -781,8 +816,8 @@ SELECT
     CASE WHEN len(blocked) = 0 THEN 'allow' WHEN stage = 'judge' THEN 'escalate'
          WHEN stage = 'output' AND rnd(i, 18) < 0.05 THEN 'redact' ELSE 'block' END AS decision,
     blocked AS categories,
-    map_from_entries(list_transform(e, lambda x: {{'key': x.c, 'value': x.s}})) AS scores,
-    map_from_entries(list_transform(e, lambda x: {{'key': x.c, 'value': x.t}})) AS thresholds,
+    layout_key,
+    list_transform(e, lambda x: x.s) AS scores,
     list_max(list_transform(e, lambda x: x.s)) AS max_score,
     list_min(list_transform(e, lambda x: x.t - x.s)) AS min_margin,
     list_max(list_transform(e, lambda x: x.s / x.t)) AS peak_ratio,
@@ -862,7 +897,9 @@ def _rewrite_by_user(src: Path, dst: Path, bar: Progress) -> None:
     try:
         conn.execute(f"SET memory_limit = '{GENERATION_MEMORY}'")
         conn.execute(f"ATTACH '{src}' AS src (READ_ONLY)")
-        conn.execute("INSERT INTO decisions SELECT * FROM src.decisions ORDER BY user_id, ts")
+        conn.execute("INSERT INTO decision_rows SELECT * FROM src.decision_rows ORDER BY user_id, ts")
+        conn.execute("INSERT INTO score_layouts SELECT * FROM src.score_layouts")
+        conn.execute("INSERT INTO event_keys SELECT * FROM src.event_keys")
         conn.execute("INSERT INTO user_category_daily SELECT * FROM src.user_category_daily ORDER BY user_id, day")
         conn.execute("INSERT INTO alerts SELECT * FROM src.alerts ORDER BY user_id, ts")
         conn.execute("INSERT INTO alert_changes SELECT * FROM src.alert_changes ORDER BY alert_id, ts")
@@ -876,7 +913,7 @@ def _rewrite_by_user(src: Path, dst: Path, bar: Progress) -> None:
 def _indexes(path: Path) -> list[str]:
     conn = open_read_only(path)
     try:
-        rows = conn.execute("SELECT index_name FROM duckdb_indexes() WHERE table_name = 'decisions'").fetchall()
+        rows = conn.execute("SELECT index_name FROM duckdb_indexes() WHERE table_name = 'decision_rows'").fetchall()
     finally:
         conn.close()
     return [str(r[0]) for r in rows]

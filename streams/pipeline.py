@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from hashlib import md5
 from itertools import accumulate, chain
 from typing import Protocol
 
@@ -138,6 +139,7 @@ class Pipeline:
         self.pseudonym_key = pseudonym_key
         self.next_offsets: dict[int, int] = {}
         self.assigned: set[int] = set()
+        self._layouts = Layouts()
 
     # -- partitions ------------------------------------------------------------------------------------
     def assign(self, partitions: set[int]) -> None:
@@ -273,10 +275,12 @@ class Pipeline:
         touched.update(p for p, *_ in dirty.users)
         touched.update(p for p, _ in dirty.populations)
         touched.update(p for p, _ in dirty.alerts)
+        decisions, layouts = self._decisions_table(batch) if batch else (None, None)
         return self.store.apply(
             Checkpoint(
                 topic=self.topic,
-                decisions=self._decisions_table(batch) if batch else None,
+                decisions=decisions,
+                layouts=layouts,
                 daily=daily,
                 expected={p: self.next_offsets.get(p, 0) for p in touched},
                 alerts=_alerts_table(dirty.alerts),
@@ -300,19 +304,22 @@ class Pipeline:
         if partitions & self.assigned:
             self._load(partitions & self.assigned, "reloaded")
 
-    @staticmethod
-    def _decisions_table(accepted: list[Accepted]) -> pa.Table:
-        """Column by column from the decoded structs: one C-level tuple per event, transposed with zip,
-        and the score/threshold maps built from flat arrays (a Python dict per row is 10x slower)."""
+    def _decisions_table(self, accepted: list[Accepted]) -> tuple[pa.Table, pa.Table]:
+        """The batch's ``decision_rows`` and the ``score_layouts`` they use, column by column from the decoded
+        structs: one C-level tuple per event, transposed with zip. Each row's scores are a list in the order
+        of its layout's categories; the layout (categories and thresholds) goes to the store once per batch."""
         n = len(accepted)
         events = [a.obs.event for a in accepted]
         columns = dict(zip(DECISION_FIELDS, zip(*map(astuple, events), strict=True), strict=True))
         guardrails = columns["guardrail"]
         judges = columns["judge"]
+        scores = columns["scores"]
+        layout_keys, batch_layouts = self._layouts.keys(scores, columns["thresholds"])
         now = datetime.now(UTC)
-        return pa.table(
+        decisions = pa.table(
             {
                 "event_id": pa.array(columns["event_id"], pa.string()),
+                "event_key": pa.array(list(map(event_key, columns["event_id"])), pa.uint64()),
                 "ts": pa.array([a.obs.ts_ms for a in accepted], TS_MS),
                 "tenant": pa.array(columns["tenant"], pa.string()),
                 "user_id": pa.array(columns["user_id"], pa.string()),
@@ -325,9 +332,12 @@ class Pipeline:
                 "policy_version": pa.array(columns["policy_version"], pa.string()),
                 "decision": pa.array(columns["decision"], pa.string()),
                 "categories": pa.array(columns["categories"], pa.list_(pa.string())),
-                "scores": _score_map(columns["scores"]),
-                "thresholds": _score_map(columns["thresholds"]),
-                "max_score": pa.array([max(m.values(), default=None) for m in columns["scores"]], pa.float64()),
+                "layout_key": pa.array(layout_keys, pa.uint64()),
+                "scores": pa.ListArray.from_arrays(
+                    pa.array([0, *accumulate(map(len, scores))], pa.int32()),
+                    pa.array(list(chain.from_iterable(m.values() for m in scores)), pa.float64()),
+                ),
+                "max_score": pa.array([max(m.values(), default=None) for m in scores], pa.float64()),
                 "min_margin": pa.array([a.obs.min_margin for a in accepted], pa.float64()),
                 "peak_ratio": pa.array([a.peak_ratio for a in accepted], pa.float64()),
                 "peak_category": pa.array([a.peak_category for a in accepted], pa.string()),
@@ -345,9 +355,47 @@ class Pipeline:
                 "ingested_at": pa.repeat(pa.scalar(now, pa.timestamp("us", tz="UTC")), n),
             }
         )
+        return decisions, layouts_table(batch_layouts)
 
 
 DECISION_FIELDS = Decision.__struct_fields__
+
+
+def event_key(event_id: str) -> int:
+    """The dedup key stored in ``event_keys``: the first 8 bytes of the event id's md5, little-endian, which
+    is what DuckDB's ``md5_number_upper`` computes (migration 003 derives the keys of older rows with it)."""
+    return int.from_bytes(md5(event_id.encode()).digest()[:8], "little")
+
+
+Layout = tuple[tuple[str, ...], tuple[tuple[str, float], ...]]
+
+
+class Layouts:
+    """The ``score_layouts`` key of each decision: its scored categories (in order) and its thresholds. A
+    guardrail version under one policy has one layout, so each is keyed once and remembered (up to a bound,
+    against producers that vary them per event)."""
+
+    MAX = 65_536
+
+    def __init__(self) -> None:
+        self.known: dict[Layout, int] = {}
+
+    def keys(
+        self, scores: Sequence[dict[str, float]], thresholds: Sequence[dict[str, float]]
+    ) -> tuple[list[int], dict[int, Layout]]:
+        known = self.known
+        keys: list[int] = []
+        used: dict[int, Layout] = {}
+        for score_map, threshold_map in zip(scores, thresholds, strict=True):
+            layout = (tuple(score_map), tuple(threshold_map.items()))
+            key = known.get(layout)
+            if key is None:
+                if len(known) >= self.MAX:
+                    known.clear()
+                key = known[layout] = int.from_bytes(md5(msgspec.msgpack.encode(layout)).digest()[:8], "little")
+            keys.append(key)
+            used[key] = layout
+        return keys, used
 
 
 def _score_map(maps: Sequence[dict[str, float]]) -> pa.MapArray:
@@ -355,6 +403,18 @@ def _score_map(maps: Sequence[dict[str, float]]) -> pa.MapArray:
     keys = pa.array(list(chain.from_iterable(maps)), pa.string())
     values = pa.array(list(chain.from_iterable(m.values() for m in maps)), pa.float64())
     return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), keys, values, type=SCORE_MAP)
+
+
+def layouts_table(layouts: Mapping[int, Layout]) -> pa.Table:
+    entries = list(layouts.items())
+    thresholds = [dict(t) for _k, (_c, t) in entries]
+    return pa.table(
+        {
+            "layout_key": pa.array([k for k, _l in entries], pa.uint64()),
+            "score_categories": pa.array([list(c) for _k, (c, _t) in entries], pa.list_(pa.string())),
+            "thresholds": _score_map(thresholds),
+        }
+    )
 
 
 def _daily_table(batch: list[Accepted], counts: Counter[tuple[str, str, str]]) -> pa.Table | None:

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,14 @@ import msgspec
 import pyarrow as pa
 
 VERDICTS = ("confirmed", "false_positive")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# decision_rows' columns, as the pipeline's Arrow batch names them (the batch carries event_key besides)
+_ROW_COLUMNS = (
+    "event_id, ts, tenant, user_id, session_id, turn, request_id, stage, guardrail, guardrail_version, "
+    "policy_version, decision, categories, layout_key, scores, max_score, min_margin, peak_ratio, peak_category, "
+    "hugging_categories, blocked_categories, judge_name, judge_verdict, judge_score, model, latency_ms, "
+    "input_chars, output_chars, kafka_partition, kafka_offset, ingested_at"
+)
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
 
 
@@ -144,7 +152,8 @@ class Checkpoint:
     already stored the batch is refused too, so the detectors never count an event twice."""
 
     topic: str
-    decisions: pa.Table | None = None
+    decisions: pa.Table | None = None  # decision_rows columns plus event_key (see Pipeline._decisions_table)
+    layouts: pa.Table | None = None  # the score_layouts the decisions use (stored once; more are harmless)
     daily: pa.Table | None = None  # the batch's user_category_daily rows, added to the stored ones
     expected: dict[int, int] = field(default_factory=dict)
     alerts: pa.Table | None = None
@@ -251,11 +260,10 @@ class Store:
                     self.rollback()
                     return Applied(fenced=fenced)
             if cp.decisions is not None and cp.decisions.num_rows:
-                sent = cp.decisions.column("event_id").to_pylist()
-                new = self.insert_decisions(cp.decisions)
-                if len(new) != len(sent):
+                duplicates = self.insert_decisions(cp.decisions, cp.layouts)
+                if duplicates:
                     self.rollback()
-                    return Applied(duplicates=[i for i in sent if i not in new])
+                    return Applied(duplicates=sorted(duplicates))
             if cp.daily is not None and cp.daily.num_rows:
                 self.add_daily(cp.daily)
             self.finish(cp)
@@ -267,16 +275,45 @@ class Store:
     def begin(self) -> None:
         self.conn.execute("BEGIN TRANSACTION")
 
-    def insert_decisions(self, decisions: pa.Table) -> set[str]:
-        """Insert the batch's decisions, skipping event_ids already stored; return the ids that were new."""
-        self.conn.register("decisions_batch", decisions)
+    def insert_decisions(self, decisions: pa.Table, layouts: pa.Table | None = None) -> set[str]:
+        """Insert the batch's decisions (and layouts), unless some are stored already: then insert nothing and
+        return their event ids (the caller rolls back and starts the batch over without them).
+
+        The check needs no index: the batch's keys are joined with ``event_keys`` of the event-time hours the
+        batch touches, which DuckDB reads by zone map (the keys are appended in arrival order, so an hour's
+        keys sit in a row group or two). A key found there is confirmed by event_id in that hour's
+        decisions: a 64-bit collision between two different events stores both."""
+        conn = self.conn
+        conn.register("decisions_batch", decisions)
         try:
-            rows = self.conn.execute(
-                "INSERT INTO decisions BY NAME SELECT * FROM decisions_batch ON CONFLICT DO NOTHING RETURNING event_id"
+            conn.execute(
+                "CREATE OR REPLACE TEMP TABLE batch_keys AS SELECT event_id, ts, event_key, "
+                "(epoch_ms(ts) // 3600000)::INTEGER AS hour FROM decisions_batch"
+            )
+            hits = conn.execute(
+                "SELECT b.event_id, b.hour FROM batch_keys b SEMI JOIN ("
+                "  SELECT hour, event_key FROM event_keys WHERE hour IN (SELECT DISTINCT hour FROM batch_keys)"
+                ") k USING (hour, event_key)"
             ).fetchall()
+            if hits:
+                hours = sorted({int(hour) for _id, hour in hits})
+                stored = conn.execute(
+                    "SELECT DISTINCT event_id FROM decision_rows "
+                    "WHERE ts >= to_timestamp(?::BIGINT * 3600) AND ts < to_timestamp(?::BIGINT * 3600) "
+                    "AND event_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [hours[0], hours[-1] + 1, [event_id for event_id, _hour in hits]],
+                ).fetchall()
+                if stored:
+                    return {str(row[0]) for row in stored}
+            if layouts is not None and layouts.num_rows:
+                conn.register("layouts_batch", layouts)
+                conn.execute("INSERT INTO score_layouts BY NAME SELECT * FROM layouts_batch ON CONFLICT DO NOTHING")
+                conn.unregister("layouts_batch")
+            conn.execute("INSERT INTO event_keys SELECT hour, event_key FROM batch_keys")
+            conn.execute(f"INSERT INTO decision_rows BY NAME SELECT {_ROW_COLUMNS} FROM decisions_batch")
         finally:
-            self.conn.unregister("decisions_batch")
-        return {r[0] for r in rows}
+            conn.unregister("decisions_batch")
+        return set()
 
     def add_daily(self, daily: pa.Table) -> None:
         """Add a batch's per-user, per-category, per-day counts to ``user_category_daily``."""
@@ -353,21 +390,23 @@ class Store:
     def apply_retention(self, cutoff: datetime) -> dict[str, int]:
         """Delete what is older than ``cutoff`` (event time for decisions, aggregates and alert history;
         arrival for dead letters). Open alerts and detector state stay: they are the running picture.
-        A deleted decision's event_id no longer dedupes, so keep more than the producers' retry window."""
+        A deleted decision's event_id no longer dedupes, so keep more than the producers' retry window.
+        Returns the rows deleted per table (``decisions`` counts the view's rows: ``decision_rows``)."""
         conn = self.conn
         day = cutoff.date()
         deleted = {}
         conn.execute("BEGIN TRANSACTION")
         try:
-            for table, where, params in (
-                ("decisions", "ts < ?", [cutoff]),
-                ("user_category_daily", "day < ?", [day]),
-                ("alert_changes", "ts < ? AND published", [cutoff]),
-                ("dead_letters", "ingested_at < ?", [cutoff]),
-                ("alerts", "status = 'resolved' AND last_ts < ?", [cutoff]),
+            for name, table, where, params in (
+                ("decisions", "decision_rows", "ts < ?", [cutoff]),
+                ("event_keys", "event_keys", "hour < ?", [(cutoff - EPOCH) // timedelta(hours=1)]),
+                ("user_category_daily", "user_category_daily", "day < ?", [day]),
+                ("alert_changes", "alert_changes", "ts < ? AND published", [cutoff]),
+                ("dead_letters", "dead_letters", "ingested_at < ?", [cutoff]),
+                ("alerts", "alerts", "status = 'resolved' AND last_ts < ?", [cutoff]),
             ):
                 row = conn.execute(f"DELETE FROM {table} WHERE {where} RETURNING 1", params).fetchall()
-                deleted[table] = len(row)
+                deleted[name] = len(row)
             conn.execute("COMMIT")
         except BaseException:
             self.rollback()

@@ -73,6 +73,7 @@ class WireCheckpoint(msgspec.Struct, frozen=True):
     users: list[tuple[int, str, str, bytes]]
     populations: list[tuple[int, bytes, int]]
     decisions: bytes | None = None  # each table as an Arrow IPC stream
+    layouts: bytes | None = None
     daily: bytes | None = None
     alerts: bytes | None = None
     alert_changes: bytes | None = None
@@ -103,6 +104,7 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
             users=cp.users,
             populations=cp.populations,
             decisions=optional_ipc(cp.decisions),
+            layouts=optional_ipc(cp.layouts),
             daily=optional_ipc(cp.daily),
             alerts=optional_ipc(cp.alerts),
             alert_changes=optional_ipc(cp.alert_changes),
@@ -116,6 +118,7 @@ def decode_checkpoint(body: bytes) -> Checkpoint:
     return Checkpoint(
         topic=wire.topic,
         decisions=from_ipc(wire.decisions),
+        layouts=from_ipc(wire.layouts),
         daily=from_ipc(wire.daily),
         expected=wire.expected,
         alerts=from_ipc(wire.alerts),

@@ -42,6 +42,7 @@ def test_ingest_stores_every_decision_once_and_a_replay_adds_none(result: dict[s
     assert ingest["replay_new"] == 0
     assert ingest["batches"] == DECISIONS // bench_store.SINK_BATCH
     assert ingest["rows_per_second"] > 0 and ingest["replay_rows_per_second"] > 0
+    assert ingest["legacy_rows_per_second"] > 0  # the layout before migration 003, side by side
     assert 0 < ingest["batch_ms"]["p50"] <= ingest["batch_ms"]["p95"]
     conn = duckdb.connect(str(workdir / f"ingest-{DECISIONS}.duckdb"), read_only=True)
     try:
@@ -79,11 +80,20 @@ def _consistent(row: dict[str, Any]) -> None:
 
 def test_generated_decisions_are_consistent_like_the_pipelines(workdir: Path) -> None:
     schema = bench_store._reference_schema(workdir)
-    table, _offsets = bench_store._DecisionGenerator(DECISIONS, schema).chunk(0, 0, 5_000)
-    rows = table.to_pylist()
+    generator = bench_store._DecisionGenerator(DECISIONS, schema)
+    rows = generator.chunk(0, 0, 5_000, legacy=True)[0].to_pylist()
     assert any(r["hugging_categories"] for r in rows) and any(r["blocked_categories"] for r in rows)
     for row in rows:
         _consistent(row)
+    # the sink's layout holds the same rows: scores in the order of their layout's categories
+    table = generator.chunk(0, 0, 5_000)[0]
+    assert table.schema == schema
+    layouts = {r["layout_key"]: r for r in generator.layouts.to_pylist()}
+    for new, old in zip(table.to_pylist(), rows, strict=True):
+        layout = layouts[new["layout_key"]]
+        assert dict(zip(layout["score_categories"], new["scores"], strict=True)) == dict(old["scores"])
+        assert dict(layout["thresholds"]) == dict(old["thresholds"])
+        assert new["event_id"] == old["event_id"]
 
 
 def test_investigations_find_every_sampled_user(result: dict[str, Any], workdir: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import msgspec
 import orjson
 import pytest
@@ -12,10 +13,10 @@ import pytest
 from detectors.boundary import HuggingConfig
 from detectors.engine import Engine
 from detectors.registry import DetectorConfig, build_engine
-from streams.pipeline import DeadLetter, Message, Pipeline
+from streams.pipeline import DeadLetter, Message, Pipeline, event_key
 from streams.produce import bad_events
 from streams.simulator import SimConfig, simulate
-from streams.store import QueryRefused, Store, open_read_only, run_read_only
+from streams.store import QueryRefused, Store, migrations, open_read_only, run_read_only
 
 pytestmark = pytest.mark.integration
 TOPIC = "guardrail.decisions"
@@ -149,7 +150,64 @@ def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     store = Store(tmp_path / "m.duckdb")
     rows = store.conn.execute("SELECT version, name FROM schema_migrations").fetchall()
     store.close()
-    assert sorted(rows) == [(1, "001_init"), (2, "002_verdicts")]
+    assert sorted(rows) == [(1, "001_init"), (2, "002_verdicts"), (3, "003_decision_rows")]
+
+
+def test_a_store_from_before_migration_003_keeps_its_decisions_and_their_dedup(
+    tmp_path: Path, stream: list[Message]
+) -> None:
+    """A store written by an earlier version (decisions as a table with MAP columns and an event_id key) opens
+    with migration 003: `decisions` reads the same rows, and its events still count as stored."""
+    msgs = stream[:1500]
+    current = pipeline(tmp_path / "current.duckdb")
+    process(current, msgs)
+    rows = current.store.conn.sql("SELECT * FROM decisions ORDER BY event_id").to_arrow_table()
+    current.store.close()
+
+    legacy = duckdb.connect(str(tmp_path / "legacy.duckdb"))
+    legacy.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+                   "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")  # fmt: skip
+    for version, name, text in migrations()[:2]:
+        legacy.execute(text)
+        legacy.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+    legacy.register("old_rows", rows)
+    legacy.execute("INSERT INTO decisions SELECT * FROM old_rows")
+    legacy.close()
+
+    migrated = pipeline(tmp_path / "legacy.duckdb")
+    conn = migrated.store.conn
+    assert conn.sql("SELECT * FROM decisions ORDER BY event_id").to_arrow_table() == rows
+    assert conn.execute("SELECT count(*) FROM score_layouts").fetchone()[0] < 10  # type: ignore[index]
+    keys = conn.execute("SELECT event_key FROM event_keys ORDER BY event_key").fetchall()
+    assert keys == sorted((event_key(i),) for i in rows.column("event_id").to_pylist())
+    # the same events again at new offsets (a producer's retry): all duplicates, nothing stored twice
+    again = [Message(m.partition, m.offset + 100_000, m.key, m.value, 0) for m in msgs]
+    outcome = migrated.commit(migrated.prepare(again))
+    assert outcome.duplicates == rows.num_rows and not outcome.new
+    assert conn.execute("SELECT count(*) FROM decisions").fetchone() == (rows.num_rows,)
+    migrated.store.close()
+
+
+def test_a_64_bit_key_collision_stores_both_events(tmp_path: Path, stream: list[Message]) -> None:
+    """event_keys holds a hash: two different event ids with one key are both stored (the key only narrows
+    the lookup; the event id decides)."""
+    p = pipeline(tmp_path / "collide.duckdb")
+    process(p, stream[:300])
+    first = p.store.conn.execute("SELECT event_id, ts FROM decisions LIMIT 1").fetchone()
+    assert first is not None
+    hour = int(first[1].timestamp()) // 3600
+    # plant the key of an event about to arrive in that hour, as if another event had hashed to it
+    late = next(m for m in stream[300:] if int(orjson.loads(m.value)["ts"][11:13]) == first[1].hour)
+    event = orjson.loads(late.value)
+    event["ts"] = first[1].isoformat()
+    p.store.conn.execute("INSERT INTO event_keys VALUES (?, ?)", [hour, event_key(event["event_id"])])
+    msg = Message(late.partition, 10_000_000, late.key, orjson.dumps(event), 0)
+    outcome = p.commit(p.prepare([msg]))
+    assert outcome.duplicates == 0 and len(outcome.new) == 1
+    assert p.store.conn.execute(
+        "SELECT count(*) FROM decisions WHERE event_id = ?", [event["event_id"]]
+    ).fetchone() == (1,)
+    p.store.close()
 
 
 def test_training_counters_from_sql_equal_the_stream_detectors_counters(tmp_path: Path, stream: list[Message]) -> None:
