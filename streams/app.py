@@ -31,6 +31,7 @@ from faust.web import Request, Response, View
 from detectors.judge import JudgeDisagreement, disagreement_rates
 from streams import __version__
 from streams.endpoints import AUTH_CHALLENGE, TEXT, answer_query, authorized, record_verdict
+from streams.heap import Heap
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.outbox import publish_outbox
 from streams.pipeline import DeadLetter, Message, Outcome, Pipeline, Prepared
@@ -114,6 +115,7 @@ class Service:
         # DuckDB refuses concurrent calls on one connection: every writer call goes through this one thread.
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardstream-db")
         self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=8)
+        self.heap = Heap(enabled=settings.gc_freeze, reclaim_seconds=settings.gc_reclaim_seconds)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_thread, functools.partial(fn, *args))
@@ -196,6 +198,7 @@ class Service:
         for event in batch.events:
             await ack(event)
         self.record(batch.messages, prepared.dead_letters, outcome, batch.started, committed_at)
+        self.heap.settle()
 
     def record(
         self, messages: list[Message], rejected: list[DeadLetter], outcome: Outcome, started: float, committed_at: float

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
         "runs, instead of Faust's per-message wait_first race against a rebalance (1.5x events/s measured); "
         "false restores Faust's own path",
     )
+    gc_freeze: bool = Field(
+        True,
+        description="after each committed batch, collect the young garbage and freeze the survivors (detector "
+        "state) so Python's full collections stop walking them (streams/heap.py; 1.3x events/s offline)",
+    )
+    gc_reclaim_seconds: float = Field(
+        3600.0, ge=0, description="with gc_freeze, one full collection over everything this often (0: never)"
+    )
     rebalance_timeout_seconds: float = Field(
         10.0, gt=0, description="how long a rebalance waits for members to rejoin (also the start-up join wait)"
     )

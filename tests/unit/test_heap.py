@@ -1,0 +1,71 @@
+"""streams/heap.py: the young garbage is collected, survivors are frozen, and a reclaim frees frozen cycles."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from streams.heap import Heap
+
+
+@pytest.fixture(autouse=True)
+def thawed() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def cycle() -> Node:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return a
+
+
+def test_settle_collects_the_young_garbage_and_freezes_the_survivors() -> None:
+    heap = Heap(reclaim_seconds=0)
+    kept = cycle()
+    garbage = weakref.ref(cycle())  # unreachable at once: only the cyclic collector frees it
+    assert garbage() is not None
+    heap.settle()
+    assert garbage() is None
+    assert gc.get_freeze_count() > 0
+    assert kept.other is not None
+
+
+def test_a_cycle_that_dies_while_frozen_waits_for_the_reclaim() -> None:
+    heap = Heap(reclaim_seconds=0)
+    node = cycle()
+    heap.settle()
+    dead = weakref.ref(node)
+    del node
+    gc.collect()  # a full collection skips the permanent generation
+    assert dead() is not None
+    heap.reclaim()
+    assert dead() is None
+    assert gc.get_freeze_count() == 0
+
+
+def test_settle_reclaims_once_the_interval_is_over() -> None:
+    heap = Heap(reclaim_seconds=3600)
+    node = cycle()
+    heap.settle()
+    dead = weakref.ref(node)
+    del node
+    heap.settle()
+    assert dead() is not None
+    heap.reclaimed_at -= 3600
+    heap.settle()
+    assert dead() is None
+
+
+def test_disabled_does_nothing() -> None:
+    before = gc.get_freeze_count()
+    Heap(enabled=False).settle()
+    assert gc.get_freeze_count() == before
