@@ -477,6 +477,7 @@ def _legacy_store(path: Path) -> Store:
     store = object.__new__(Store)  # the Store's begin/finish on this connection, without migrating it
     store.path, store.conn = path, conn
     store._reader = conn.cursor()
+    store._layouts, store._new_layouts = set(), set()
     return store
 
 

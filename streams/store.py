@@ -19,9 +19,11 @@ from typing import Any
 import duckdb
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 
 VERDICTS = ("confirmed", "false_positive")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HOUR_MS = 3_600_000
 # decision_rows' columns, as the pipeline's Arrow batch names them (the batch carries event_key besides)
 _ROW_COLUMNS = (
     "event_id, ts, tenant, user_id, session_id, turn, request_id, stage, guardrail, guardrail_version, "
@@ -195,6 +197,10 @@ class Store:
             # checkpoint rewrites the event_id index: a stall of hundreds of ms in the batch that triggers it.
             self.conn.execute("SET checkpoint_threshold = ?", [checkpoint_threshold])
         migrate(self.conn)
+        self._layouts: set[int] = {
+            int(r[0]) for r in self.conn.execute("SELECT layout_key FROM score_layouts").fetchall()
+        }
+        self._new_layouts: set[int] = set()  # inserted by the open transaction: known once it commits
         self._reader = self.conn.cursor()  # queries from other threads branch off this, never off the writer
 
     def close(self) -> None:
@@ -284,36 +290,47 @@ class Store:
         keys sit in a row group or two). A key found there is confirmed by event_id in that hour's
         decisions: a 64-bit collision between two different events stores both."""
         conn = self.conn
+        ts_ms = decisions.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+        hour = pc.divide(ts_ms, HOUR_MS).cast(pa.int32())
+        keys = pa.table(
+            {"hour": hour, "event_key": decisions.column("event_key"), "event_id": decisions.column("event_id")}
+        )
         conn.register("decisions_batch", decisions)
+        conn.register("batch_keys", keys)
         try:
-            conn.execute(
-                "CREATE OR REPLACE TEMP TABLE batch_keys AS SELECT event_id, ts, event_key, "
-                "(epoch_ms(ts) // 3600000)::INTEGER AS hour FROM decisions_batch"
-            )
             hits = conn.execute(
                 "SELECT b.event_id, b.hour FROM batch_keys b SEMI JOIN ("
-                "  SELECT hour, event_key FROM event_keys WHERE hour IN (SELECT DISTINCT hour FROM batch_keys)"
-                ") k USING (hour, event_key)"
+                "  SELECT hour, event_key FROM event_keys WHERE hour IN (SELECT unnest(?::INTEGER[]))"
+                ") k USING (hour, event_key)",
+                [pc.unique(hour).to_pylist()],
             ).fetchall()
             if hits:
-                hours = sorted({int(hour) for _id, hour in hits})
+                found = sorted({int(hour) for _id, hour in hits})
                 stored = conn.execute(
                     "SELECT DISTINCT event_id FROM decision_rows "
                     "WHERE ts >= to_timestamp(?::BIGINT * 3600) AND ts < to_timestamp(?::BIGINT * 3600) "
                     "AND event_id IN (SELECT unnest(?::VARCHAR[]))",
-                    [hours[0], hours[-1] + 1, [event_id for event_id, _hour in hits]],
+                    [found[0], found[-1] + 1, [event_id for event_id, _hour in hits]],
                 ).fetchall()
                 if stored:
                     return {str(row[0]) for row in stored}
             if layouts is not None and layouts.num_rows:
-                conn.register("layouts_batch", layouts)
-                conn.execute("INSERT INTO score_layouts BY NAME SELECT * FROM layouts_batch ON CONFLICT DO NOTHING")
-                conn.unregister("layouts_batch")
+                self._insert_layouts(layouts)
             conn.execute("INSERT INTO event_keys SELECT hour, event_key FROM batch_keys")
             conn.execute(f"INSERT INTO decision_rows BY NAME SELECT {_ROW_COLUMNS} FROM decisions_batch")
         finally:
             conn.unregister("decisions_batch")
+            conn.unregister("batch_keys")
         return set()
+
+    def _insert_layouts(self, layouts: pa.Table) -> None:
+        """The layouts not stored yet (a handful per deployment: the store remembers which it has)."""
+        new = layouts.filter(pc.invert(pc.is_in(layouts.column("layout_key"), pa.array(self._layouts, pa.uint64()))))
+        if new.num_rows:
+            self.conn.register("layouts_batch", new)
+            self.conn.execute("INSERT INTO score_layouts BY NAME SELECT * FROM layouts_batch ON CONFLICT DO NOTHING")
+            self.conn.unregister("layouts_batch")
+            self._new_layouts.update(new.column("layout_key").to_pylist())
 
     def add_daily(self, daily: pa.Table) -> None:
         """Add a batch's per-user, per-category, per-day counts to ``user_category_daily``."""
@@ -386,6 +403,8 @@ class Store:
                 [cp.topic, list(cp.offsets), list(cp.offsets.values())],
             )
         conn.execute("COMMIT")
+        self._layouts |= self._new_layouts
+        self._new_layouts.clear()
 
     def apply_retention(self, cutoff: datetime) -> dict[str, int]:
         """Delete what is older than ``cutoff`` (event time for decisions, aggregates and alert history;
@@ -414,6 +433,7 @@ class Store:
         return deleted
 
     def rollback(self) -> None:
+        self._new_layouts.clear()
         with contextlib.suppress(duckdb.Error):
             self.conn.execute("ROLLBACK")
 

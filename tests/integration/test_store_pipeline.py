@@ -16,7 +16,7 @@ from detectors.registry import DetectorConfig, build_engine
 from streams.pipeline import DeadLetter, Message, Pipeline, event_key
 from streams.produce import bad_events
 from streams.simulator import SimConfig, simulate
-from streams.store import QueryRefused, Store, migrations, open_read_only, run_read_only
+from streams.store import Checkpoint, QueryRefused, Store, migrations, open_read_only, run_read_only
 
 pytestmark = pytest.mark.integration
 TOPIC = "guardrail.decisions"
@@ -423,4 +423,25 @@ def test_reload_keeps_partitions_assigned_while_it_loads(tmp_path: Path, stream:
     p.reload({0, 1})
     assert assigned_during == [{0, 1}] and p.assigned == {0, 1}
     assert p.next_offsets == before
+    store.close()
+
+
+def test_a_layout_inserted_by_a_rolled_back_batch_is_inserted_again(tmp_path: Path, stream: list[Message]) -> None:
+    """The store remembers which score layouts it holds, to skip inserting them per batch; a batch that rolls
+    back must not leave one remembered but missing."""
+    p = pipeline(tmp_path / "layouts.duckdb")
+    decisions, layouts = p._decisions_table(p.prepare(stream[:200]).accepted)
+    store = p.store
+    assert isinstance(store, Store)
+    store.begin()
+    assert store.insert_decisions(decisions, layouts) == set()
+    store.rollback()
+    assert store.conn.execute("SELECT count(*) FROM score_layouts").fetchone() == (0,)
+    store.begin()
+    assert store.insert_decisions(decisions, layouts) == set()
+    store.finish(Checkpoint(topic=TOPIC))
+    stored = store.conn.execute("SELECT count(*) FROM score_layouts").fetchone()
+    assert stored == (layouts.num_rows,) and layouts.num_rows > 0
+    # the decisions view joins every row to its layout
+    assert store.conn.execute("SELECT count(*) FROM decisions").fetchone() == (decisions.num_rows,)
     store.close()
