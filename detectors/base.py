@@ -91,7 +91,9 @@ def observe(event: Decision, ts_ms: int, band: float) -> Observation:
 
 
 class Detector(Protocol):
-    """``name`` keys the detector's state; ``emits`` lists the detector names its findings carry."""
+    """``name`` keys the detector's state; ``emits`` lists the detector names its findings carry. A detector may
+    also set ``state_key``, a short string unique among the engine's detectors, to key its user state in the
+    stored blob instead of ``name`` (see :data:`detectors.engine.COMPACT`)."""
 
     name: ClassVar[str]
     emits: ClassVar[tuple[str, ...]]

@@ -30,7 +30,16 @@ from detectors.events import Decision
 from detectors.findings import Finding
 from detectors.stats import binomial_tail_log10
 
-__all__ = ["BoundaryHugging", "CategoryOutcome", "CategoryStats", "HuggingConfig", "category_outcomes"]
+__all__ = [
+    "BoundaryHugging",
+    "CategoryOutcome",
+    "CategoryStats",
+    "HuggingConfig",
+    "QuietGroup",
+    "all_category_stats",
+    "category_outcomes",
+    "category_stats",
+]
 
 
 class HuggingConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,8 +101,78 @@ class PopulationStats(msgspec.Struct, array_like=True):
     hugs: int = 0
 
 
-class HuggingUser(msgspec.Struct):
+class QuietGroup(msgspec.Struct, array_like=True):
+    """Categories a user was scored in, always well under the threshold (never hugging, blocked or near), in
+    exactly the same decisions. Their CategoryStats would be identical and hold nothing but the decision
+    count, its EWMA and the first and last time, so the group keeps those once for all of them (most users
+    never come near any threshold: one group instead of a record per category of the taxonomy)."""
+
+    categories: list[str]
+    decisions: int = 0
+    ewma_decisions: float = 0.0
+    last_ts: int = 0
+    span: int = 0  # last_ts - first_ts (a few bytes where first_ts takes nine)
+
+    def stats(self) -> CategoryStats:
+        """What one member's own counters would be."""
+        return CategoryStats(
+            decisions=self.decisions,
+            ewma_decisions=self.ewma_decisions,
+            first_ts=self.last_ts - self.span,
+            last_ts=self.last_ts,
+        )
+
+
+class HuggingUser(msgspec.Struct, omit_defaults=True):
+    """A user's counters: their own in ``categories`` for every category they ever hugged, were blocked or came
+    near in; the rest shared in ``quiet`` groups. A category leaves its group, with the group's counters, at
+    the first decision that hugs, blocks or comes near it there, so every count equals one kept per category
+    from the start (:func:`category_stats` gives either)."""
+
     categories: dict[str, CategoryStats] = msgspec.field(default_factory=dict)
+    quiet: list[QuietGroup] = msgspec.field(default_factory=list, name="q")
+
+    def __post_init__(self) -> None:
+        if self.categories:  # e.g. decoded from a blob written before quiet groups: a record per category
+            _regroup(self)
+
+
+def _is_quiet(stats: CategoryStats) -> bool:
+    return not (stats.hugs or stats.blocks or stats.near or stats.first_hug_ts or stats.cusum or stats.ewma_hugs)
+
+
+def _regroup(user: HuggingUser) -> None:
+    """Move categories whose own counters are a quiet group's (all but the four a group keeps at their
+    defaults) into groups of equal counters. Their future is the same either way."""
+    groups: dict[tuple[int, float, int, int], QuietGroup] = {}
+    for category, stats in list(user.categories.items()):
+        if _is_quiet(stats):
+            key = (stats.decisions, stats.ewma_decisions, stats.first_ts, stats.last_ts)
+            group = groups.get(key)
+            if group is None:
+                span = stats.last_ts - stats.first_ts
+                group = groups[key] = QuietGroup([], stats.decisions, stats.ewma_decisions, stats.last_ts, span)
+            group.categories.append(category)
+            del user.categories[category]
+    user.quiet.extend(groups.values())
+
+
+def category_stats(user: HuggingUser, category: str) -> CategoryStats | None:
+    """The user's counters in a category (a copy when the category is in a quiet group); ``None``: never scored."""
+    stats = user.categories.get(category)
+    if stats is not None:
+        return stats
+    for group in user.quiet:
+        if category in group.categories:
+            return group.stats()
+    return None
+
+
+def all_category_stats(user: HuggingUser) -> dict[str, CategoryStats]:
+    """Every category the user was scored in, with their counters (copies for those in quiet groups)."""
+    out = {category: group.stats() for group in user.quiet for category in group.categories}
+    out.update(user.categories)
+    return out
 
 
 class HuggingPopulation(msgspec.Struct):
@@ -119,10 +198,22 @@ def concentration(stats: CategoryStats, cfg: HuggingConfig) -> float:
     return (stats.hugs + k / 3.0) / (stats.hugs + stats.near + k)
 
 
+def _own_stats(user: HuggingUser, category: str, ts_ms: int) -> CategoryStats:
+    """Counters of its own for a category leaving its quiet group (or scored for the first time)."""
+    for i, group in enumerate(user.quiet):
+        if category in group.categories:
+            group.categories.remove(category)
+            if not group.categories:
+                del user.quiet[i]
+            return group.stats()
+    return CategoryStats(first_ts=ts_ms, last_ts=ts_ms)
+
+
 class BoundaryHugging:
     """Per-user, per-category hugging index and slow-burn CUSUM against the population."""
 
     name: ClassVar[str] = "boundary_hugging"
+    state_key: ClassVar[str] = "h"
     slow_burn_name: ClassVar[str] = "boundary_hugging_slow_burn"
     emits: ClassVar[tuple[str, ...]] = (name, slow_burn_name)
     user_state: ClassVar[type[msgspec.Struct]] = HuggingUser
@@ -150,6 +241,7 @@ class BoundaryHugging:
         half_life_ms = self._half_life_ms
         keys = self._keys
         policy_version = event.policy_version
+        quiet: list[str] = []
         for category, score, hugging, blocked in outcomes:
             threshold = thresholds[category]
             memo = (category, policy_version, threshold)
@@ -163,9 +255,15 @@ class BoundaryHugging:
                 pop = baselines[key] = PopulationStats()
             pop.decisions += 1
             pop.hugs += hugging
+            near = not hugging and not blocked and score >= near_floor * threshold
             stats = user_categories.get(category)
             if stats is None:
-                stats = user_categories[category] = CategoryStats(first_ts=ts_ms, last_ts=ts_ms)
+                if not (hugging or blocked or near):
+                    # Still quiet: its counters are its group's, folded once for the group below. Its CUSUM
+                    # stays 0 (a decision that does not hug can only lower it, and it is floored at 0).
+                    quiet.append(category)
+                    continue
+                stats = user_categories[category] = _own_stats(user, category, ts_ms)
             # the fold, inlined (this loop runs once per category of every decision)
             stats.decisions += 1
             if hugging:
@@ -180,7 +278,7 @@ class BoundaryHugging:
             stats.ewma_hugs = stats.ewma_hugs * decay + hugging
             if ts_ms > stats.last_ts:
                 stats.last_ts = ts_ms
-            if not hugging and not blocked and score >= near_floor * threshold:
+            if near:
                 stats.near += 1
             if pop.decisions < min_population:
                 continue  # warm-up: the population share is not yet worth comparing against
@@ -196,7 +294,44 @@ class BoundaryHugging:
             finding = self._decide(event, category, stats, p0, ts_ms)
             if finding is not None:
                 findings.append(finding)
+        if quiet:
+            groups = user.quiet
+            if len(groups) == 1 and groups[0].categories == quiet:  # the usual case: the same taxonomy again
+                self._fold_group(groups[0], ts_ms)
+            else:
+                self._fold_groups(user, quiet, ts_ms)
         return findings
+
+    def _fold_group(self, group: QuietGroup, ts_ms: int) -> None:
+        """The fold of a quiet category (a decision that does not hug, block or come near), once for the group."""
+        elapsed = ts_ms - group.last_ts
+        decay = 0.5 ** (elapsed / self._half_life_ms) if elapsed > 0 else 1.0
+        group.ewma_decisions = group.ewma_decisions * decay + 1.0
+        group.decisions += 1
+        if ts_ms > group.last_ts:
+            group.span += elapsed
+            group.last_ts = ts_ms
+
+    def _fold_groups(self, user: HuggingUser, quiet: list[str], ts_ms: int) -> None:
+        """Fold a decision into the groups of its quiet categories: a group only some of whose categories it
+        scored splits in two, and categories never scored before start a group of their own."""
+        scored = set(quiet)
+        groups: list[QuietGroup] = []
+        for group in user.quiet:
+            inside = [c for c in group.categories if c in scored]
+            if inside:
+                if len(inside) < len(group.categories):
+                    rest = [c for c in group.categories if c not in scored]
+                    groups.append(QuietGroup(rest, group.decisions, group.ewma_decisions, group.last_ts, group.span))
+                    group.categories = inside
+                self._fold_group(group, ts_ms)
+                scored.difference_update(inside)
+            groups.append(group)
+        if scored:
+            group = QuietGroup([c for c in quiet if c in scored], last_ts=ts_ms)
+            self._fold_group(group, ts_ms)
+            groups.append(group)
+        user.quiet = groups
 
     def _decide(self, event: Decision, category: str, stats: CategoryStats, p0: float, ts_ms: int) -> Finding | None:
         cfg = self.cfg

@@ -92,7 +92,7 @@ class BypassStats(msgspec.Struct, array_like=True):
     last_threshold: float = 0.0
 
 
-class BypassUser(msgspec.Struct):
+class BypassUser(msgspec.Struct, omit_defaults=True):
     requests: int = 0  # requests whose input was allowed (and carried a request_id)
     bypassed: int = 0  # of those, requests whose output was blocked (in any category)
     first_ts: int = 0
@@ -122,6 +122,7 @@ class OutputBypass:
     """Per-user, per-category rate of allowed prompts whose answer was blocked, against the population."""
 
     name: ClassVar[str] = "output_bypass"
+    state_key: ClassVar[str] = "b"
     emits: ClassVar[tuple[str, ...]] = (name,)
     user_state: ClassVar[type[msgspec.Struct]] = BypassUser
     population_state: ClassVar[type[msgspec.Struct]] = BypassPopulation

@@ -160,7 +160,7 @@ class Topic(msgspec.Struct, array_like=True):
     last_ts: int = 0
 
 
-class DecompositionUser(msgspec.Struct):
+class DecompositionUser(msgspec.Struct, omit_defaults=True):
     sessions: list[Session] = msgspec.field(default_factory=list)
     flagged: list[FlaggedSession] = msgspec.field(default_factory=list)
     topics: dict[str, Topic] = msgspec.field(default_factory=dict)
@@ -201,6 +201,7 @@ class MultiTurnDecomposition:
     """Per-session cumulative risk of allowed, elevated turns, against the population's sessions."""
 
     name: ClassVar[str] = "multi_turn_decomposition"
+    state_key: ClassVar[str] = "d"
     emits: ClassVar[tuple[str, ...]] = (name,)
     user_state: ClassVar[type[msgspec.Struct]] = DecompositionUser
     population_state: ClassVar[type[msgspec.Struct]] = DecompositionPopulation

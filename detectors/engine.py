@@ -24,6 +24,13 @@ _encoder = msgspec.msgpack.Encoder()
 _raw_map = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 _raw_population = msgspec.msgpack.Decoder(dict[str, dict[str, msgspec.Raw]])
 
+# A user's state blob: COMPACT, then a msgpack map from each detector's short ``state_key`` to its state, leaving
+# out detectors whose state is all defaults (their user structs omit default fields, so that state encodes as
+# an empty map). 0xc1 is the one byte msgpack never uses, so it cannot start a blob written before this layout:
+# a map keyed by detector name, which is still read.
+COMPACT = b"\xc1"
+_EMPTY = b"\x80"
+
 
 @dataclass(slots=True)
 class PartitionState:
@@ -53,6 +60,12 @@ class Engine:
         self.alert_policy = alert_policy or AlertPolicy()
         self.partitions: dict[int, PartitionState] = {}
         self._user_decoders = {d.name: msgspec.msgpack.Decoder(d.user_state) for d in self.detectors}
+        # (name, short key, user state type, a default user state to compare with), in detector order
+        self._user_keys = [
+            (d.name, str(getattr(d, "state_key", d.name)), d.user_state, d.user_state()) for d in self.detectors
+        ]
+        if len({key for _n, key, _t, _d in self._user_keys}) != len(self._user_keys):
+            raise ValueError("two detectors share a state_key")
         self._population_decoders = {d.name: msgspec.msgpack.Decoder(d.population_state) for d in self.detectors}
         # Detectors that score in batches hand their findings over in sweep(); they must go to the alert
         # book of the partition the user is in.
@@ -61,13 +74,22 @@ class Engine:
 
     # -- state in and out ----------------------------------------------------------------------------
     def encode_user(self, state: dict[str, Any]) -> bytes:
-        return _encoder.encode(state)
+        parts: dict[str, Any] = {}
+        for name, key, _type, default in self._user_keys:
+            part = state.get(name)
+            if part is not None and (part != default or _encoder.encode(part) != _EMPTY):
+                parts[key] = part
+        return COMPACT + _encoder.encode(parts)
 
     def decode_user(self, blob: bytes) -> dict[str, Any]:
-        raw = _raw_map.decode(blob)
-        return {
-            name: self._user_decoders[name].decode(value) for name, value in raw.items() if name in self._user_decoders
-        }
+        """Every detector's state (a default one where the blob has none); reads both layouts."""
+        compact = blob[:1] == COMPACT
+        raw = _raw_map.decode(memoryview(blob)[1:] if compact else blob)
+        out: dict[str, Any] = {}
+        for name, key, user_state, _default in self._user_keys:
+            value = raw.get(key if compact else name)
+            out[name] = user_state() if value is None else self._user_decoders[name].decode(value)
+        return out
 
     def encode_population(self, population: dict[str, dict[str, Any]]) -> bytes:
         return _encoder.encode(population)

@@ -24,9 +24,9 @@ repeat a user's recent ones, are kept out of the baseline they are judged agains
 small population would otherwise raise the rate they are compared with); :func:`disagreement_rates`
 reports everybody's, for the measurement-quality metric (NIST AI RMF MEASURE 2.13).
 
-Memory per user is bounded: ``max_recent`` screening decisions (~90 bytes each) and at most
-``max_categories`` per-category counters for the current run (~20 bytes each); about 0.7 KB for a
-typical user, under 1.5 KB with every slot full.
+Memory per user is bounded: ``max_recent`` screening decisions (~25-75 bytes each encoded, see :class:`Recent`)
+and at most ``max_categories`` per-category counters for the current run (~20 bytes each); 0.1-0.2 KB for a
+typical user, under 1.2 KB with every slot full.
 Pure: state in, findings out. No clock: every time is the event's own (milliseconds since the epoch).
 """
 
@@ -47,11 +47,14 @@ __all__ = [
     "JudgeDisagreement",
     "JudgePopulation",
     "JudgeUser",
+    "Recent",
     "Screened",
     "disagreement_rates",
 ]
 
 _STAGE_PREFERENCE = {"output": 0, "tool": 1, "input": 2}
+_STAGES = ("input", "output", "tool")  # the screening stages (THRESHOLD_STAGES), as Recent.stage numbers them
+_STAGE_CODES = {stage: code for code, stage in enumerate(_STAGES)}
 
 
 class JudgeConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,14 +110,71 @@ class Screened(msgspec.Struct, array_like=True):
     threshold: float
 
 
+class Recent(msgspec.Struct, array_like=True):
+    """A :class:`Screened` as a user's state keeps it. The newest record holds every value; an older one leaves
+    out what equals the next newer record's (``request_id``, ``guardrail`` and ``policy`` as "", which none of
+    them can be, ``threshold`` as None) and holds its time as an offset back from that record's. So a request's
+    input and output share one id, the guardrail and policy are written once, and dropping the oldest record
+    changes no other."""
+
+    request_id: str
+    ts: int  # the newest record: its event time; an older one: the next record's time minus its own
+    stage: int  # index in _STAGES
+    allowed: bool
+    guardrail: str
+    policy: str
+    category: str
+    score: float
+    threshold: float | None
+
+
+def _append_recent(recent: list[Recent], record: Recent, max_recent: int) -> None:
+    """Append a record given with every value, leaving out of the one before it what they share."""
+    if recent:
+        last = recent[-1]  # the newest so far: every value is there
+        if last.request_id == record.request_id:
+            last.request_id = ""
+        if last.guardrail == record.guardrail:
+            last.guardrail = ""
+        if last.policy == record.policy:
+            last.policy = ""
+        if last.threshold == record.threshold:
+            last.threshold = None
+        last.ts = record.ts - last.ts
+    recent.append(record)
+    if len(recent) > max_recent:
+        del recent[0]
+
+
+def screened_records(recent: list[Recent]) -> list[Screened]:
+    """The records with every value filled in, oldest first."""
+    out: list[Screened] = []
+    request_id = guardrail = policy = ""
+    threshold = 0.0
+    ts = 0
+    for i in range(len(recent) - 1, -1, -1):
+        r = recent[i]
+        ts = r.ts if i == len(recent) - 1 else ts - r.ts
+        request_id = r.request_id or request_id
+        guardrail = r.guardrail or guardrail
+        policy = r.policy or policy
+        if r.threshold is not None:
+            threshold = r.threshold
+        out.append(
+            Screened(request_id, ts, _STAGES[r.stage], r.allowed, guardrail, policy, r.category, r.score, threshold)
+        )
+    out.reverse()
+    return out
+
+
 class RunCategory(msgspec.Struct, array_like=True):
     disagreements: int = 0
     max_score: float = 0.0  # the guardrail's highest score in the category among them
     threshold: float = 0.0
 
 
-class JudgeUser(msgspec.Struct):
-    recent: list[Screened] = msgspec.field(default_factory=list)
+class JudgeUser(msgspec.Struct, omit_defaults=True):
+    recent: list[Recent] = msgspec.field(default_factory=list, name="r")
     judged: int = 0  # judged answers the guardrail allowed, all time
     disagreements: int = 0  # of which the judge called unsafe
     cusum: float = 0.0
@@ -123,6 +183,25 @@ class JudgeUser(msgspec.Struct):
     run_start_ts: int = 0
     run_categories: dict[str, RunCategory] = msgspec.field(default_factory=dict)
     last_judge_score: float | None = None
+    legacy_recent: list[Screened] = msgspec.field(default_factory=list, name="recent")
+    """Only read: how blobs written before :class:`Recent` hold the records (moved into ``recent`` on decode)."""
+
+    def __post_init__(self) -> None:
+        if self.legacy_recent:
+            for s in self.legacy_recent:
+                record = Recent(
+                    s.request_id,
+                    s.ts,
+                    _STAGE_CODES[s.stage],
+                    s.allowed,
+                    s.guardrail,
+                    s.policy,
+                    s.category,
+                    s.score,
+                    s.threshold,
+                )
+                _append_recent(self.recent, record, len(self.legacy_recent))
+            self.legacy_recent = []
 
 
 class JudgeBaseline(msgspec.Struct, array_like=True):
@@ -173,6 +252,7 @@ class JudgeDisagreement:
     """Per-user CUSUM of LLM-judge disagreements with the guardrail, against the population rate."""
 
     name: ClassVar[str] = "judge_disagreement"
+    state_key: ClassVar[str] = "j"
     emits: ClassVar[tuple[str, ...]] = (name,)
     user_state: ClassVar[type[msgspec.Struct]] = JudgeUser
     population_state: ClassVar[type[msgspec.Struct]] = JudgePopulation
@@ -244,26 +324,23 @@ class JudgeDisagreement:
             return
         category, score, threshold = _top(obs.outcomes, event.thresholds)
         allowed = event.decision == "allow" and not any(blocked for *_, blocked in obs.outcomes)
-        user.recent.append(
-            Screened(
-                event.request_id,
-                obs.ts_ms,
-                event.stage,
-                allowed,
-                event.guardrail.name,
-                event.policy_version or "-",
-                category,
-                score,
-                threshold,
-            )
+        record = Recent(
+            event.request_id,
+            obs.ts_ms,
+            _STAGE_CODES[event.stage],
+            allowed,
+            event.guardrail.name,
+            event.policy_version or "-",
+            category,
+            score,
+            threshold,
         )
-        if len(user.recent) > self.cfg.max_recent:
-            del user.recent[0]
+        _append_recent(user.recent, record, self.cfg.max_recent)
 
     def _judged_content(self, user: JudgeUser, obs: Observation) -> Screened:
         event = obs.event
         if event.request_id:
-            matches = [s for s in user.recent if s.request_id == event.request_id]
+            matches = [s for s in screened_records(user.recent) if s.request_id == event.request_id]
             if matches:
                 return min(matches, key=lambda s: (_STAGE_PREFERENCE.get(s.stage, 9), -s.ts))
         category, score, threshold = _top(obs.outcomes, event.thresholds)

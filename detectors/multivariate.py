@@ -52,7 +52,7 @@ class ProfileCounters(msgspec.Struct, array_like=True):
     elevated: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-class AnomalyState(msgspec.Struct):
+class AnomalyState(msgspec.Struct, omit_defaults=True):
     counters: ProfileCounters = msgspec.field(default_factory=ProfileCounters)
 
 
@@ -107,6 +107,7 @@ class MultivariateAnomaly:
     """Counts always; scores only when a model is loaded. Findings come from :meth:`collect`."""
 
     name: ClassVar[str] = "multivariate_anomaly"
+    state_key: ClassVar[str] = "m"
     emits: ClassVar[tuple[str, ...]] = (name,)
     user_state: ClassVar[type[msgspec.Struct]] = AnomalyState
     population_state: ClassVar[type[msgspec.Struct]] = NoPopulation

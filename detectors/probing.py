@@ -121,7 +121,7 @@ class ProbeStats(msgspec.Struct, array_like=True):
     recent: list[ProbeChain] = msgspec.field(default_factory=list)
 
 
-class ProbingUser(msgspec.Struct):
+class ProbingUser(msgspec.Struct, omit_defaults=True):
     categories: dict[str, ProbeStats] = msgspec.field(default_factory=dict)
     open: dict[str, OpenProbe] = msgspec.field(default_factory=dict)  # "stage|category" -> open chain
 
@@ -149,6 +149,7 @@ class RetryProbing:
     """Per-user, per-category block→rephrase→near-pass chains against the population's rate."""
 
     name: ClassVar[str] = "retry_probing"
+    state_key: ClassVar[str] = "p"
     emits: ClassVar[tuple[str, ...]] = (name,)
     user_state: ClassVar[type[msgspec.Struct]] = ProbingUser
     population_state: ClassVar[type[msgspec.Struct]] = ProbingPopulation

@@ -123,7 +123,7 @@ class StageVolume(msgspec.Struct, array_like=True):
     prev: int = 0
 
 
-class RateUser(msgspec.Struct):
+class RateUser(msgspec.Struct, omit_defaults=True):
     day: int = 0  # the event-time day (ts // DAY_MS) the ``today`` buckets belong to
     first_ts: int = 0  # 0: no event yet
     exposure: float = 0.0  # EWMA-weighted days of history (completed days only)
@@ -156,6 +156,7 @@ class CategoryRateAnomaly:
     shift against the population's and the user's own."""
 
     name: ClassVar[str] = "category_rate"
+    state_key: ClassVar[str] = "r"
     emits: ClassVar[tuple[str, ...]] = (name,)
     user_state: ClassVar[type[msgspec.Struct]] = RateUser
     population_state: ClassVar[type[msgspec.Struct]] = RatePopulation

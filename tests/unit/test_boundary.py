@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, datetime, timedelta
 
-from detectors.base import Observation, category_outcomes
-from detectors.boundary import BoundaryHugging, HuggingConfig, HuggingPopulation, HuggingUser, hugging_index
+import msgspec
+
+from detectors.base import DAY_MS, THRESHOLD_STAGES, Observation, category_outcomes, policy_key
+from detectors.boundary import (
+    BoundaryHugging,
+    CategoryStats,
+    HuggingConfig,
+    HuggingPopulation,
+    HuggingUser,
+    PopulationStats,
+    QuietGroup,
+    all_category_stats,
+    category_stats,
+    hugging_index,
+)
 from detectors.engine import Engine
 from detectors.events import Decision, Guardrail
 from detectors.findings import Finding
@@ -186,3 +200,135 @@ def test_judge_decisions_do_not_count_towards_hugging() -> None:
     ]
     assert opened(engine, judged) == []
     assert engine.partitions[0].users[("default", "u")]["boundary_hugging"] == HuggingUser()
+
+
+def reference_update(
+    detector: BoundaryHugging, user: dict[str, CategoryStats], population: HuggingPopulation, obs: Observation
+) -> list[Finding]:
+    """The detector as it was before quiet groups (commit 5391055): a CategoryStats per scored category."""
+    cfg, event, ts_ms = detector.cfg, obs.event, obs.ts_ms
+    if event.stage not in THRESHOLD_STAGES:
+        return []
+    found = []
+    for category, score, hugging, blocked in category_outcomes(event, cfg.band):
+        threshold = event.thresholds[category]
+        pop = population.baselines.setdefault(category + "|" + policy_key(event, category), PopulationStats())
+        pop.decisions += 1
+        pop.hugs += hugging
+        stats = user.setdefault(category, CategoryStats(first_ts=ts_ms, last_ts=ts_ms))
+        stats.decisions += 1
+        if hugging:
+            stats.hugs += 1
+            if stats.hugs == 1:
+                stats.first_hug_ts = ts_ms
+        if blocked:
+            stats.blocks += 1
+        elapsed = ts_ms - stats.last_ts
+        decay = 0.5 ** (elapsed / (cfg.half_life_days * DAY_MS)) if elapsed > 0 else 1.0
+        stats.ewma_decisions = stats.ewma_decisions * decay + 1.0
+        stats.ewma_hugs = stats.ewma_hugs * decay + hugging
+        if ts_ms > stats.last_ts:
+            stats.last_ts = ts_ms
+        if not hugging and not blocked and score >= (1.0 - 3.0 * cfg.band) * threshold:
+            stats.near += 1
+        if pop.decisions < cfg.min_population:
+            continue
+        p0 = max(cfg.population_floor, (pop.hugs + 0.5) / (pop.decisions + 1.0))
+        p1 = min(0.5, max(cfg.cusum_shift * p0, cfg.cusum_min_alternative))
+        if p1 > p0:
+            llr = math.log(p1 / p0) if hugging else math.log((1.0 - p1) / (1.0 - p0))
+            stats.cusum = max(0.0, stats.cusum + llr)
+        if hugging:
+            finding = detector._decide(event, category, stats, p0, ts_ms)
+            if finding is not None:
+                found.append(finding)
+    return found
+
+
+def test_quiet_groups_keep_every_count_a_record_per_category_would() -> None:
+    """Decisions scoring changing sets of categories (subsets, new ones, another policy), mostly low scores with
+    some near, hugging and blocked ones, a few out of order, a few at the judge stage; state round-tripped
+    through msgpack now and then: the counters and findings equal those of a CategoryStats per category."""
+    rng = random.Random(11)
+    detector = BoundaryHugging(HuggingConfig(min_population=30, min_hugs=3, min_significance=1.0))
+    taxonomy = [f"S{i}" for i in range(1, 9)]
+    users = {f"u{i}": HuggingUser() for i in range(8)}
+    reference: dict[str, dict[str, CategoryStats]] = {u: {} for u in users}
+    population, reference_population = HuggingPopulation(), HuggingPopulation()
+    found, expected = [], []
+    ts = START
+    for n in range(3000):
+        ts += timedelta(seconds=rng.choice((1, 30, 600, 7200)) if rng.random() > 0.05 else -rng.randrange(1, 600))
+        user = rng.choice(sorted(users))
+        if rng.random() < 0.7:
+            categories = taxonomy[: 6 if n < 1000 else 8]  # two categories join the taxonomy later
+        else:
+            categories = rng.sample(taxonomy, rng.randrange(1, len(taxonomy)))
+        scores = {}
+        for c in categories:
+            roll = rng.random()
+            scores[c] = (
+                rng.uniform(0.41, 0.49) if roll < 0.03 else rng.uniform(0.2, 0.4) if roll < 0.06 else rng.random() * 0.2
+            )
+            scores[c] = rng.uniform(0.5, 0.9) if roll > 0.99 else scores[c]
+        if user == "u0" and "S1" in scores and rng.random() < 0.5:
+            scores["S1"] = 0.46  # a hugger, for findings
+        e = Decision(
+            event_id=f"e{n}",
+            ts=ts,
+            user_id=user,
+            stage="judge" if rng.random() < 0.05 else "input",
+            guardrail=GUARD,
+            scores=scores,
+            thresholds=dict.fromkeys(categories, 0.5 if n < 2000 else 0.45),
+            decision="allow",
+            policy_version="p1" if n < 2000 else "p2",
+        )
+        obs = Observation(e, int(e.ts.timestamp() * 1000), category_outcomes(e, 0.2), 0.2)
+        found += detector.update(users[user], population, obs)
+        expected += reference_update(detector, reference[user], reference_population, obs)
+        assert all_category_stats(users[user]) == reference[user]
+        if n % 97 == 0:
+            users[user] = msgspec.msgpack.decode(msgspec.msgpack.encode(users[user]), type=HuggingUser)
+    assert found == expected and len(found) > 10
+    assert population == reference_population
+    for user, state in users.items():
+        assert all_category_stats(state) == reference[user]
+        assert {c for g in state.quiet for c in g.categories}.isdisjoint(state.categories)
+        for category, stats in reference[user].items():
+            assert category_stats(state, category) == stats
+        assert category_stats(state, "nope") is None
+
+
+def test_a_user_with_only_low_scores_keeps_one_group() -> None:
+    detector = BoundaryHugging()
+    user, population = HuggingUser(), HuggingPopulation()
+    categories = [f"S{i}" for i in range(1, 15)]
+    for i in range(3):
+        e = Decision(
+            event_id=f"e{i}",
+            ts=START + timedelta(seconds=i),
+            user_id="u",
+            stage="output",
+            guardrail=GUARD,
+            scores=dict.fromkeys(categories, 0.01),
+            thresholds=dict.fromkeys(categories, 0.5),
+            decision="allow",
+        )
+        detector.update(user, population, Observation(e, i * 1000, category_outcomes(e, 0.2), 0.2))
+    assert user.categories == {} and len(user.quiet) == 1 and user.quiet[0].categories == categories
+    assert len(msgspec.msgpack.encode(user)) < 100  # a 10-field record per category was ~700 bytes
+
+
+def test_state_written_with_a_record_per_category_regroups_on_decode() -> None:
+    quiet = CategoryStats(decisions=3, ewma_decisions=2.9, first_ts=1000, last_ts=5000)
+    hugged = CategoryStats(decisions=3, hugs=1, ewma_decisions=2.9, ewma_hugs=1.0, first_ts=1000, last_ts=5000)
+    later = CategoryStats(decisions=1, ewma_decisions=1.0, first_ts=4000, last_ts=4000)
+    old = {"categories": {"S1": quiet, "S2": hugged, "S3": quiet, "S4": later}}  # the layout before quiet groups
+    user = msgspec.msgpack.decode(msgspec.msgpack.encode(old), type=HuggingUser)
+    assert user.categories == {"S2": hugged}
+    assert sorted(user.quiet, key=lambda g: g.categories) == [
+        QuietGroup(["S1", "S3"], 3, 2.9, 5000, 4000),
+        QuietGroup(["S4"], 1, 1.0, 4000, 0),
+    ]
+    assert all_category_stats(user) == old["categories"]

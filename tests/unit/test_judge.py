@@ -19,7 +19,10 @@ from detectors.judge import (
     JudgeDisagreement,
     JudgePopulation,
     JudgeUser,
+    Screened,
+    _top,
     disagreement_rates,
+    screened_records,
 )
 from tests.restart import restart
 
@@ -268,3 +271,72 @@ def test_a_policy_change_alone_produces_no_findings() -> None:
     found, population = run(stream.events)
     assert found == []
     assert set(population.baselines) == {"llama-guard-3|p1", "llama-guard-3|p2"}
+
+
+def test_recent_records_hold_what_a_full_record_each_would() -> None:
+    """Shared ids, guardrails, policies and thresholds left out and times as offsets: what comes back out is what
+    a full record each (the layout before, commit 5391055) holds, through changes of all four, requests whose
+    decisions interleave, times out of order and a round trip through msgpack now and then."""
+    rng = random.Random(8)
+    cfg = JudgeConfig()
+    detector = JudgeDisagreement(cfg)
+    user, population = JudgeUser(), JudgePopulation()
+    reference: list[Screened] = []
+    ts = START
+    shared = 0
+    for i in range(2000):
+        ts += timedelta(seconds=rng.choice((-30, 1, 2, 60, 3600)))
+        categories = ["S1", "S2", "S3"] if rng.random() < 0.8 else ["hate", "violence"]
+        thresholds = {c: rng.choice((0.5, 0.5, 0.45, 0.7)) for c in categories}
+        e = Decision(
+            event_id=f"e{i}",
+            ts=ts,
+            user_id="u",
+            stage=rng.choice(("input", "output", "tool")),
+            guardrail=GUARD if rng.random() < 0.9 else Guardrail("openai-moderation", "1"),
+            scores={c: round(rng.random() * 0.8, 3) for c in categories},
+            thresholds=thresholds,
+            decision=rng.choice(("allow", "allow", "block")),
+            request_id=rng.choice((f"r{i // 2}", f"r{i // 2 - 1}", f"r{i}")) if rng.random() < 0.95 else None,
+            policy_version=rng.choice(("p1", "p1", "p1", "p2", None)),
+        )
+        obs = observe(e)
+        detector.update(user, population, obs)
+        if e.request_id:
+            category, score, threshold = _top(obs.outcomes, e.thresholds)
+            allowed = e.decision == "allow" and not any(blocked for *_, blocked in obs.outcomes)
+            reference.append(
+                Screened(
+                    e.request_id,
+                    obs.ts_ms,
+                    e.stage,
+                    allowed,
+                    e.guardrail.name,
+                    e.policy_version or "-",
+                    category,
+                    score,
+                    threshold,
+                )
+            )
+            del reference[: -cfg.max_recent]
+        assert screened_records(user.recent) == reference
+        if i % 7 == 0:
+            user = msgspec.msgpack.decode(msgspec.msgpack.encode(user), type=JudgeUser)
+        shared += sum(not r.request_id for r in user.recent) + sum(r.threshold is None for r in user.recent)
+    assert shared > 1000, "the stream must make records share values for this test to mean anything"
+
+
+def test_judge_state_written_with_full_records_is_read() -> None:
+    """A blob of the layout before (``recent``: every value in every record) decodes to the same records."""
+    records = [
+        Screened("r1", 1_000, "input", True, "llama-guard-3", "p1", "S2", 0.3, 0.5),
+        Screened("r1", 4_000, "output", False, "llama-guard-3", "p1", "S2", 0.6, 0.5),
+        Screened("r2", 3_000, "input", True, "llama-guard-3", "p2", "S1", 0.1, 0.45),
+    ]
+    old = {"recent": records, "judged": 2, "disagreements": 1, "cusum": 1.5, "run_categories": {}}
+    user = msgspec.msgpack.decode(msgspec.msgpack.encode(old), type=JudgeUser)
+    assert screened_records(user.recent) == records
+    assert (user.judged, user.disagreements, user.cusum) == (2, 1, 1.5)
+    assert not user.legacy_recent
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(user), type=JudgeUser) == user
+    assert len(msgspec.msgpack.encode(user)) < len(msgspec.msgpack.encode(old))
