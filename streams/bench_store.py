@@ -243,8 +243,8 @@ def print_store_report(result: dict[str, Any], console: Console) -> None:
             rows = r["rows"]
             console.print(
                 f"  {r['decisions']:,} decisions: {rows['user_category_daily']:,} daily rows, {rows['alerts']:,} "
-                f"alerts; generated in {r['seconds']['generate']:,.0f} s; indexes on decisions: "
-                f"{', '.join(r['decisions_indexes']) or 'only the primary key'}"
+                f"alerts; generated in {r['seconds']['generate']:,.0f} s; indexes on decision_rows: "
+                f"{', '.join(r['decisions_indexes']) or 'none'}"
             )
             for lay in r["layouts"]:
                 note = f"; {lay['note']}" if lay.get("note") else ""
@@ -253,7 +253,7 @@ def print_store_report(result: dict[str, Any], console: Console) -> None:
                     f"{lay['decisions_scan']} of decisions{note}"
                 )
     if result["state"]:
-        t = Table(title=f"detector state per tracked user (target <= {STATE_TARGET_BYTES:,} bytes encoded)")
+        t = Table(title=f"detector state per tracked user (target: <= {STATE_TARGET_BYTES:,} bytes encoded on average)")
         for col in ("users", "events", "encoded mean / p95 / max", "in memory (traced / RSS)", "population", "s"):
             t.add_column(col, justify="right")
         for r in result["state"]:
@@ -1074,7 +1074,8 @@ def _state(users: int, bar: Progress) -> dict[str, Any]:
         },
         "encoded_bytes_by_detector": {k: v / max(1, detector_sample) for k, v in by_detector.items()},
         "encoded_bytes_by_events": _by_events(sizes, events_per_user),
-        "within_target": _nearest_rank(ordered, 0.95) <= STATE_TARGET_BYTES,
+        "within_target": statistics.fmean(ordered) <= STATE_TARGET_BYTES,  # issue 6: bytes per tracked user
+        "p95_within_target": _nearest_rank(ordered, 0.95) <= STATE_TARGET_BYTES,  # the stricter reading
         "memory": {
             "traced_bytes_per_user": traced,
             "rss_bytes_per_user": (rss_after - rss_before) / max(1, len(sizes)),

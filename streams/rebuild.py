@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.broker import client_kwargs
+from streams.heap import Heap
 from streams.pipeline import DeadLetter, Message, Pipeline
 from streams.settings import Settings
 from streams.store import Store
@@ -82,6 +83,7 @@ async def rebuild(
         pipeline = build_pipeline(settings, store)
         pipeline.assign(set(partitions))
         size = batch_size or settings.batch_max_events
+        heap = Heap(enabled=settings.gc_freeze, reclaim_seconds=settings.gc_reclaim_seconds)
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < idle_seconds:
             fetched = await consumer.getmany(timeout_ms=500, max_records=size)
@@ -91,6 +93,7 @@ async def rebuild(
             quiet_since = time.monotonic()
             messages = [Message(r.partition, r.offset, r.key, r.value, r.timestamp or 0) for r in records]
             commit_batch(pipeline, messages, result)
+            heap.settle()
             for m in messages:
                 result.partitions[m.partition] = max(result.partitions.get(m.partition, 0), m.offset + 1)
             if progress is not None:
