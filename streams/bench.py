@@ -286,13 +286,7 @@ class _Run:
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
         with contextlib.suppress(ValueError):
             self.processes.remove(proc)
 
@@ -308,6 +302,17 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "(no log)"
     tail = text.splitlines()[-lines:]
     return "\n".join("    " + line for line in tail) if tail else "(empty log)"
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _died(what: str, proc: subprocess.Popen[bytes], log: Path) -> BenchError:

@@ -62,7 +62,7 @@ from streams.pipeline import Layouts, Message, Pipeline, event_key, layouts_tabl
 from streams.query import query
 from streams.settings import Settings
 from streams.simulator import SimConfig, simulate
-from streams.store import Checkpoint, Store, migrations, open_read_only, run_read_only
+from streams.store import Checkpoint, Store, open_read_only, run_read_only
 
 DEFAULT_DECISIONS: tuple[int, ...] = (1_000_000, 10_000_000)
 DEFAULT_USERS: tuple[int, ...] = (100_000, 1_000_000)
@@ -379,7 +379,6 @@ def _ingest(work: Path, n: int, schema: pa.Schema, build_rps: float, keep: bool,
         legacy_path = work / f"ingest-{n}-legacy.duckdb"
         legacy_path.unlink(missing_ok=True)
         old = _legacy_store(legacy_path)
-        old.conn.execute("SET checkpoint_threshold = ?", [CHECKPOINT_THRESHOLD])
         try:
             legacy = _write(old, generator, f"insert {n:,} decisions, layout before migration 003", bar, legacy=True)
         finally:
@@ -466,19 +465,7 @@ def _write(store: Store, generator: _DecisionGenerator, label: str, bar: Progres
 
 def _legacy_store(path: Path) -> Store:
     """A store at migration 002: ``decisions`` a table with the MAP columns and the event_id primary key."""
-    conn = duckdb.connect(str(path))
-    conn.execute(
-        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
-        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-    )
-    for version, name, text in migrations()[:2]:
-        conn.execute(text)
-        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
-    store = object.__new__(Store)  # the Store's begin/finish on this connection, without migrating it
-    store.path, store.conn = path, conn
-    store._reader = conn.cursor()
-    store._layouts, store._new_layouts = set(), set()
-    return store
+    return Store(path, checkpoint_threshold=CHECKPOINT_THRESHOLD, upto=2)
 
 
 class _DecisionGenerator:

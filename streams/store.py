@@ -54,8 +54,9 @@ def migrations() -> list[tuple[int, str, str]]:
     return found
 
 
-def migrate(conn: duckdb.DuckDBPyConnection) -> list[str]:
-    """Apply every migration not yet applied, each in its own transaction. Returns the applied names."""
+def migrate(conn: duckdb.DuckDBPyConnection, upto: int | None = None) -> list[str]:
+    """Apply every migration not yet applied (up to version ``upto``), each in its own transaction. Returns the
+    applied names."""
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
@@ -63,7 +64,7 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> list[str]:
     done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations").fetchall()}
     applied = []
     for version, name, text in migrations():
-        if version in done:
+        if version in done or (upto is not None and version > upto):
             continue
         conn.execute("BEGIN TRANSACTION")
         try:
@@ -186,20 +187,23 @@ class Applied(msgspec.Struct, frozen=True):
 class Store:
     """The single writer. Every method runs on the caller's thread; one batch at a time."""
 
-    def __init__(self, path: Path | str, *, checkpoint_threshold: str | None = None) -> None:
+    def __init__(self, path: Path | str, *, checkpoint_threshold: str | None = None, upto: int | None = None) -> None:
+        """``upto`` stops the schema at that migration: how tests and the side-by-side benchmark build a store
+        as an earlier version wrote it."""
         self.path = Path(path)
         try:
             self.conn = duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
             raise StoreLocked(self.path, exc) from exc
         if checkpoint_threshold:
-            # DuckDB checkpoints inside the commit that grows the WAL past this (16 MB by default), and a
-            # checkpoint rewrites the event_id index: a stall of hundreds of ms in the batch that triggers it.
+            # DuckDB checkpoints inside the commit that grows the WAL past this (16 MB by default): a stall of
+            # hundreds of ms in the batch that triggers it.
             self.conn.execute("SET checkpoint_threshold = ?", [checkpoint_threshold])
-        migrate(self.conn)
-        self._layouts: set[int] = {
-            int(r[0]) for r in self.conn.execute("SELECT layout_key FROM score_layouts").fetchall()
-        }
+        migrate(self.conn, upto)
+        self._layouts: set[int] = set()
+        if upto is None or upto >= 3:  # score_layouts came with migration 003
+            stored = self.conn.execute("SELECT layout_key FROM score_layouts").fetchall()
+            self._layouts = {int(r[0]) for r in stored}
         self._new_layouts: set[int] = set()  # inserted by the open transaction: known once it commits
         self._reader = self.conn.cursor()  # queries from other threads branch off this, never off the writer
 

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from detectors.registry import build_engine
+from streams.bench import stop_process as stop
 from streams.broker import client_kwargs, free_port
 from streams.evaluate import run_engine
 from streams.settings import Settings
@@ -91,17 +92,6 @@ def worker(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         yield proc, url
     finally:
         stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_run_simulate_and_query_while_running(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import msgspec
 import orjson
 import pytest
@@ -16,7 +15,7 @@ from detectors.registry import DetectorConfig, build_engine
 from streams.pipeline import DeadLetter, Message, Pipeline, event_key
 from streams.produce import bad_events
 from streams.simulator import SimConfig, simulate
-from streams.store import Checkpoint, QueryRefused, Store, migrations, open_read_only, run_read_only
+from streams.store import Checkpoint, QueryRefused, Store, open_read_only, run_read_only
 
 pytestmark = pytest.mark.integration
 TOPIC = "guardrail.decisions"
@@ -164,14 +163,9 @@ def test_a_store_from_before_migration_003_keeps_its_decisions_and_their_dedup(
     rows = current.store.conn.sql("SELECT * FROM decisions ORDER BY event_id").to_arrow_table()
     current.store.close()
 
-    legacy = duckdb.connect(str(tmp_path / "legacy.duckdb"))
-    legacy.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
-                   "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")  # fmt: skip
-    for version, name, text in migrations()[:2]:
-        legacy.execute(text)
-        legacy.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
-    legacy.register("old_rows", rows)
-    legacy.execute("INSERT INTO decisions SELECT * FROM old_rows")
+    legacy = Store(tmp_path / "legacy.duckdb", upto=2)
+    legacy.conn.register("old_rows", rows)
+    legacy.conn.execute("INSERT INTO decisions SELECT * FROM old_rows")
     legacy.close()
 
     migrated = pipeline(tmp_path / "legacy.duckdb")

@@ -39,12 +39,16 @@ def test_settle_collects_the_young_garbage_and_freezes_the_survivors() -> None:
     assert kept.other is not None
 
 
-def test_a_cycle_that_dies_while_frozen_waits_for_the_reclaim() -> None:
-    heap = Heap(reclaim_seconds=0)
+def frozen_then_dead(heap: Heap) -> weakref.ref[Node]:
+    """A cycle alive when the heap settles, unreachable right after: only a reclaim can free it."""
     node = cycle()
     heap.settle()
-    dead = weakref.ref(node)
-    del node
+    return weakref.ref(node)
+
+
+def test_a_cycle_that_dies_while_frozen_waits_for_the_reclaim() -> None:
+    heap = Heap(reclaim_seconds=0)
+    dead = frozen_then_dead(heap)
     gc.collect()  # a full collection skips the permanent generation
     assert dead() is not None
     heap.reclaim()
@@ -54,10 +58,7 @@ def test_a_cycle_that_dies_while_frozen_waits_for_the_reclaim() -> None:
 
 def test_settle_reclaims_once_the_interval_is_over() -> None:
     heap = Heap(reclaim_seconds=3600)
-    node = cycle()
-    heap.settle()
-    dead = weakref.ref(node)
-    del node
+    dead = frozen_then_dead(heap)
     heap.settle()
     assert dead() is not None
     heap.reclaimed_at -= 3600
