@@ -30,6 +30,7 @@ from faust.web import Request, Response, View
 
 from detectors.judge import JudgeDisagreement, disagreement_rates
 from streams import __version__
+from streams.delivery import ack_messages, deliver_batches, deliver_without_race, set_fetch_max_wait
 from streams.endpoints import AUTH_CHALLENGE, TEXT, answer_query, authorized, record_verdict
 from streams.heap import Heap
 from streams.metrics import CONTENT_TYPE, Metrics
@@ -81,11 +82,11 @@ def fail_hard(what: str) -> NoReturn:
 
 @dataclass(slots=True)
 class Batch:
-    events: list[Any]
-    stream: Any
     messages: list[Message]
     prepared: Prepared
     started: float
+    events: list[Any]  # the Faust events to ack through ``stream``; none when Faust delivered record batches
+    stream: Any
 
     def extend(self, later: Batch) -> None:
         self.events += later.events
@@ -105,6 +106,7 @@ class Service:
         self.lock = asyncio.Lock()  # one batch at a time; rebalances wait for the batch in flight
         self.started_at = time.time()
         self.first_batch_at: float | None = None
+        self.delivery: str | None = None  # how Faust hands over the decisions: "batches" or "stream" (status)
         self.last_commit_at: float | None = None
         self.progress_at = time.time()  # the last commit or partition assignment, for the liveness check
         self.gauges_at = 0.0
@@ -121,14 +123,21 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.db_thread, functools.partial(fn, *args))
 
     # -- the hot path -------------------------------------------------------------------------------
-    # Two stages, so decoding the next batch overlaps with committing this one: the agent decodes and
-    # checks a batch (``stage``) on the event loop and queues it; the committer runs the detectors and the
-    # DuckDB transaction on the DB thread, then publishes and acks. The queue is short, so a slow store
-    # holds the agent back instead of piling batches up in memory.
-    async def stage(self, events: list[Any], stream: Any) -> None:
-        started = time.perf_counter()
-        if self.first_batch_at is None:
-            self.first_batch_at = time.time()
+    # Two stages, so decoding the next batch overlaps with committing this one: each fetched batch is decoded
+    # and checked (``stage``) on the event loop and queued; the committer runs the detectors and the DuckDB
+    # transaction on the DB thread, then publishes and acks. The queue is short, so a slow store holds
+    # fetching back instead of piling batches up in memory.
+    async def stage_records(self, messages: list[Message]) -> None:
+        """A fetch of the decisions topic, straight from Faust's fetcher (:func:`streams.delivery.deliver_batches`),
+        in batches of at most ``batch_max_events``."""
+        self.delivery = "batches"
+        limit = self.settings.batch_max_events
+        for start in range(0, len(messages), limit):
+            await self.stage(messages[start : start + limit], [], None)
+
+    async def stage_events(self, events: list[Any], stream: Any) -> None:
+        """A batch taken from the agent's stream (Faust's per-message path)."""
+        self.delivery = "stream"
         messages = [
             Message(
                 e.message.partition,
@@ -139,12 +148,18 @@ class Service:
             )
             for e in events
         ]
+        await self.stage(messages, events, stream)
+
+    async def stage(self, messages: list[Message], events: list[Any], stream: Any) -> None:
+        started = time.perf_counter()
+        if self.first_batch_at is None:
+            self.first_batch_at = time.time()
         unassigned = {m.partition for m in messages} - self.pipeline.assigned
         if unassigned:
             async with self.lock:
                 await self.db(self.pipeline.assign, unassigned)
         prepared = self.pipeline.prepare(messages)
-        await self.batches.put(Batch(events, stream, messages, prepared, started))
+        await self.batches.put(Batch(messages, prepared, started, events, stream))
 
     async def commit_batches(self) -> None:
         """The committer, in order. Whatever queued up while the last commit ran goes into the next one:
@@ -167,6 +182,8 @@ class Service:
             finally:
                 for _ in range(merged):
                     self.batches.task_done()
+            del batch  # its objects go now, by reference count, before the collector walks what is alive
+            self.heap.settle()
 
     async def drain(self) -> None:
         """Wait until every queued batch is committed (before partitions move)."""
@@ -194,11 +211,13 @@ class Service:
         committed_at = time.time()
         if outcome.changes and self.store is not None:
             await self.publish_outbox()
-        ack = batch.stream.ack
-        for event in batch.events:
-            await ack(event)
+        if batch.stream is None:
+            ack_messages(self.app.consumer, self.settings.decisions_topic, batch.messages)
+        else:
+            ack = batch.stream.ack
+            for event in batch.events:
+                await ack(event)
         self.record(batch.messages, prepared.dead_letters, outcome, batch.started, committed_at)
-        self.heap.settle()
 
     def record(
         self, messages: list[Message], rejected: list[DeadLetter], outcome: Outcome, started: float, committed_at: float
@@ -340,6 +359,7 @@ class Service:
             "counts": self.counts,
             "started_at": self.started_at,
             "first_batch_at": self.first_batch_at,
+            "delivery": self.delivery,
             "last_commit_at": self.last_commit_at,
             "top_huggers": self.top_huggers,  # pseudonymous ids; the metric has rank slots only
         }
@@ -378,58 +398,6 @@ def judge_rates(engine: Any) -> dict[str, tuple[int, int]]:
             d, j = totals.get(guardrail, (0, 0))
             totals[guardrail] = (d + disagreements, j + judged)
     return totals
-
-
-def set_fetch_max_wait(ms: int) -> None:
-    """Faust builds its worker consumer with ``fetch_max_wait_ms=1500`` and no setting for it. A broker that
-    answers a fetch as soon as data is there (Kafka) makes that an idle-time value only; tansu holds every
-    fetch for the whole wait, which put ~1.5 s into every alert's latency. Set it on the consumer Faust
-    creates, before it starts."""
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    create = AIOKafkaConsumerThread._create_worker_consumer
-    original = getattr(create, "__wrapped__", create)
-
-    @functools.wraps(original)
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = ms  # read by aiokafka when the consumer starts its fetcher
-        return consumer
-
-    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
-
-
-def deliver_without_race() -> None:
-    """Faust's consumer loop hands each fetched message to the agents with ``wait_first(callback(message),
-    suspend_flow.wait())``: four futures, an ``asyncio.wait`` and three cancellations per message (a third of
-    Faust's per-message cost in py-spy), so that a callback blocked on a full stream buffer is abandoned if a
-    rebalance suspends the flow. Await the callback directly while the flow runs; when it is suspended, or for any
-    other ``wait_first`` call, Faust's own path runs. A blocked callback is not stuck: the agent keeps draining
-    its stream into the commit queue, which ``on_partitions_revoked`` empties (``Service.drain``), and the
-    rebalance tests (tests/integration/test_scale_out.py) cover kills, joins and clean stops under load."""
-    from asyncio import Event
-
-    from faust.transport.consumer import Consumer
-    from mode.services import WaitResults
-
-    flow_wait = Event.wait.__code__
-    original = getattr(Consumer.wait_first, "__wrapped__", Consumer.wait_first)
-
-    @functools.wraps(original)
-    async def wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
-        if (
-            timeout is None
-            and len(coros) == 2
-            and getattr(coros[1], "cr_code", None) is flow_wait
-            and not self.suspend_flow.is_set()
-            and not self._stopped.is_set()
-        ):
-            callback, flow = coros
-            flow.close()  # the suspend_flow.wait() coroutine, never started
-            return WaitResults([callback], [await callback], False)
-        return await original(self, *coros, timeout=timeout)
-
-    Consumer.wait_first = wait_first  # type: ignore[method-assign]
 
 
 def web_ssl_context(settings: Settings) -> Any:
@@ -476,11 +444,24 @@ def create_app(settings: Settings, service: Service) -> faust.App:
         settings.decisions_topic, key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions
     )
 
+    async def stage_records(messages: list[Message]) -> None:
+        try:
+            await service.stage_records(messages)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            fail_hard("decoding a batch failed")
+
+    if settings.faust_batch_delivery:
+        deliver_batches(app, settings.decisions_topic, stage_records)
+
+    # The agent subscribes the group to the topic. With batch delivery its records reach the pipeline before any
+    # stream: the agent then only gets them if this Faust cannot deliver batches (see streams/delivery.py).
     @app.agent(decisions, name="guardstream.decisions")
     async def process(stream: Any) -> None:
         async for batch in stream.noack_take(settings.batch_max_events, within=settings.batch_max_seconds):
             try:
-                await service.stage(batch, stream)
+                await service.stage_events(batch, stream)
             except asyncio.CancelledError:
                 raise
             except BaseException:
@@ -526,6 +507,7 @@ def create_app(settings: Settings, service: Service) -> faust.App:
         if service.gauges_stale:
             async with service.lock:
                 service.refresh_gauges(time.time())
+        service.heap.tick()
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def liveness() -> None:

@@ -1,4 +1,4 @@
-"""Keep Python's cyclic garbage collector off the detectors' state.
+"""Keep Python's cyclic garbage collector off the detectors' state, and out of the batch.
 
 A worker holds millions of long-lived objects (per-user detector state) that never form reference cycles, and
 a full collection walks every one of them: offline over 226k events and 3,000 users, 13 full collections took
@@ -7,6 +7,12 @@ After each committed batch :meth:`Heap.settle` collects the young generations, w
 and moves every surviving object into the permanent generation (``gc.freeze``), which collections skip. An
 object frozen while alive that later becomes part of a garbage cycle would stay until the next reclaim:
 every ``reclaim_seconds`` the heap is unfrozen and collected in full once (one pause, logged).
+
+A process whose heap this manages (:meth:`Heap.take_over`: the worker, rebuild) also turns the automatic
+collections off. Left on, they ran every 700 allocations in the middle of a batch and walked the objects of the
+batch in flight, which are freed by reference counting as soon as it is committed: 5,471 young and 29 full
+collections took 3.4 s of a 20 s bench run. A batch's cycles, if any, wait for the end of the batch instead, and
+:meth:`Heap.tick` settles an idle process every ``idle_seconds``.
 """
 
 from __future__ import annotations
@@ -19,19 +25,30 @@ log = logging.getLogger("guardstream.heap")
 
 
 class Heap:
-    def __init__(self, *, enabled: bool = True, reclaim_seconds: float = 3600.0) -> None:
+    def __init__(self, *, enabled: bool = True, reclaim_seconds: float = 3600.0, idle_seconds: float = 5.0) -> None:
         self.enabled = enabled
         self.reclaim_seconds = reclaim_seconds
-        self.reclaimed_at = time.monotonic()
+        self.idle_seconds = idle_seconds
+        self.reclaimed_at = self.settled_at = time.monotonic()
+
+    def take_over(self) -> None:
+        """From now on only this heap collects (at batch boundaries): automatic collections off."""
+        if self.enabled:
+            gc.disable()
 
     def settle(self) -> None:
         if not self.enabled:
             return
         gc.collect(1)
-        now = time.monotonic()
+        now = self.settled_at = time.monotonic()
         if self.reclaim_seconds and now - self.reclaimed_at >= self.reclaim_seconds:
             self.reclaim()
         gc.freeze()
+
+    def tick(self) -> None:
+        """Settle if no batch did for ``idle_seconds`` (an idle worker still has web requests and timers)."""
+        if self.enabled and time.monotonic() - self.settled_at >= self.idle_seconds:
+            self.settle()
 
     def reclaim(self) -> None:
         """One full collection over everything, frozen objects included."""

@@ -84,6 +84,7 @@ async def rebuild(
         pipeline.assign(set(partitions))
         size = batch_size or settings.batch_max_events
         heap = Heap(enabled=settings.gc_freeze, reclaim_seconds=settings.gc_reclaim_seconds)
+        heap.take_over()
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < idle_seconds:
             fetched = await consumer.getmany(timeout_ms=500, max_records=size)

@@ -75,6 +75,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     pipeline = build_pipeline(settings, sink)
     service = Service(settings, store, pipeline, Metrics())
     app = create_app(settings, service)
+    service.heap.take_over()
     announce = service_file(settings.db) if store is not None else None
     if announce is not None:
         url = f"{settings.web_scheme()}://{settings.web_host}:{settings.web_port}"

@@ -83,9 +83,17 @@ async def read_topic(settings: Settings, topic: str) -> list[Any]:
 
 
 @pytest.fixture
-def worker(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def delivery() -> str:
+    return "batches"
+
+
+@pytest.fixture
+def worker(settings: Settings, delivery: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A worker taking the decisions as record batches from Faust's fetcher (the default), or through the agent's
+    stream one Faust event at a time (``delivery="stream"``: GUARDSTREAM_FAUST_BATCH_DELIVERY=false)."""
     port = free_port()
-    proc = subprocess.Popen([*GUARDSTREAM, "run", "--web-port", str(port)], env=env_for(settings))
+    env = {**env_for(settings), "GUARDSTREAM_FAUST_BATCH_DELIVERY": str(delivery == "batches").lower()}
+    proc = subprocess.Popen([*GUARDSTREAM, "run", "--web-port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: get_json(url + "/status")["partitions"], 90, "the worker to serve /status")
@@ -94,8 +102,9 @@ def worker(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         stop(proc)
 
 
+@pytest.mark.parametrize("delivery", ["batches", "stream"])
 def test_run_simulate_and_query_while_running(
-    settings: Settings, worker: tuple[subprocess.Popen[bytes], str], tmp_path: Path
+    settings: Settings, worker: tuple[subprocess.Popen[bytes], str], tmp_path: Path, delivery: str
 ) -> None:
     proc, url = worker
     env = env_for(settings)
@@ -133,6 +142,7 @@ def test_run_simulate_and_query_while_running(
         return sum(parts.get(str(p), {}).get("next_offset", 0) for p in targets) >= total
 
     wait_until(caught_up, 180, "the pipeline to commit every message")
+    assert get_json(url + "/status")["delivery"] == delivery
 
     # the file is locked by the running worker, yet `guardstream sql` answers (through the worker)
     out = subprocess.run(

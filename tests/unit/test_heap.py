@@ -15,6 +15,7 @@ from streams.heap import Heap
 def thawed() -> Iterator[None]:
     yield
     gc.unfreeze()
+    gc.enable()
 
 
 class Node:
@@ -70,3 +71,32 @@ def test_disabled_does_nothing() -> None:
     before = gc.get_freeze_count()
     Heap(enabled=False).settle()
     assert gc.get_freeze_count() == before
+
+
+def test_a_heap_that_takes_over_turns_the_automatic_collections_off() -> None:
+    heap = Heap(reclaim_seconds=0)
+    heap.take_over()
+    assert not gc.isenabled()
+    garbage = weakref.ref(cycle())
+    for _ in range(10_000):  # far past the allocation threshold that would have started a collection
+        cycle()
+    assert garbage() is not None, "an automatic collection ran"
+    heap.settle()
+    assert garbage() is None
+
+
+def test_a_disabled_heap_leaves_the_automatic_collections_on() -> None:
+    Heap(enabled=False).take_over()
+    assert gc.isenabled()
+
+
+def test_tick_settles_a_heap_that_no_batch_settled_for_idle_seconds() -> None:
+    heap = Heap(reclaim_seconds=0, idle_seconds=5)
+    heap.take_over()
+    heap.settle()
+    garbage = weakref.ref(cycle())
+    heap.tick()
+    assert garbage() is not None, "settled again too soon"
+    heap.settled_at -= 5
+    heap.tick()
+    assert garbage() is None
