@@ -9,7 +9,6 @@ action. Deciding what becomes an alert, and when it is updated, escalated or res
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
@@ -54,40 +53,176 @@ def peak(outcomes: list[CategoryOutcome], thresholds: dict[str, float]) -> tuple
     return best, ratio
 
 
-@dataclass(frozen=True, slots=True)
+class Layout:
+    """What decisions scored the same way share: the categories they score that have a threshold (in score
+    order), those thresholds and the policy version. Interned by :func:`layout_of` (one object per distinct
+    layout), so a detector can prepare per-layout work once (baseline keys) and count a whole layout at once.
+
+    ``index`` is the layout's number in this process (-1 once :data:`MAX_LAYOUTS` are known: producers that vary
+    thresholds per event get no per-layout shortcuts). ``uniform`` is the one threshold when every scored
+    category has it, which lets :func:`observe` find the peak of a decision without a loop."""
+
+    __slots__ = (
+        "all_scored",
+        "all_thresholds",
+        "categories",
+        "index",
+        "min_threshold",
+        "policy_version",
+        "thresholds",
+        "uniform",
+    )
+
+    def __init__(
+        self, index: int, scored: tuple[str, ...], thresholds: tuple[tuple[str, float], ...], policy_version: str | None
+    ) -> None:
+        known = dict(thresholds)
+        self.all_thresholds = thresholds  # every (category, threshold), scored or not, in the event's order
+        self.index = index
+        self.categories = [c for c in scored if c in known]  # a list: compared with lists on the hot path
+        self.thresholds = [known[c] for c in self.categories]
+        self.policy_version = policy_version
+        self.all_scored = len(self.categories) == len(scored)
+        self.min_threshold = min(self.thresholds, default=0.0)
+        distinct = set(self.thresholds)
+        self.uniform = self.thresholds[0] if self.all_scored and len(distinct) == 1 else None
+
+
+MAX_LAYOUTS = 4096
+_layouts: dict[tuple[tuple[str, ...], tuple[tuple[str, float], ...], str | None], Layout] = {}
+LAYOUTS: list[Layout] = []  # by index
+# (guardrail, version, policy_version) -> the layout its last decision had: the same one again, nearly always,
+# which two comparisons in C confirm (cheaper than hashing a key built from every category and threshold)
+_last: dict[tuple[str, str, str | None], tuple[tuple[str, ...], tuple[str, ...], dict[str, float], Layout]] = {}
+
+
+def layout_of(event: Decision) -> Layout:
+    guardrail = event.guardrail
+    scored = tuple(event.scores)
+    named = tuple(event.thresholds)
+    last = _last.get((guardrail.name, guardrail.version, event.policy_version))
+    if last is not None and last[0] == scored and last[1] == named and last[2] == event.thresholds:
+        return last[3]
+    key = (scored, tuple(event.thresholds.items()), event.policy_version)
+    layout = _layouts.get(key)
+    if layout is None:
+        if len(LAYOUTS) >= MAX_LAYOUTS:
+            return Layout(-1, *key)
+        layout = _layouts[key] = Layout(len(LAYOUTS), *key)
+        LAYOUTS.append(layout)
+    if len(_last) >= MAX_LAYOUTS:
+        _last.clear()
+    _last[(guardrail.name, guardrail.version, event.policy_version)] = (scored, named, event.thresholds, layout)
+    return layout
+
+
 class Observation:
     """One decoded decision as every detector sees it (outcomes computed once, with the engine's band).
 
-    ``peak`` and ``min_margin`` are filled by :func:`observe` (the engine's one pass over the categories);
-    an Observation built by hand leaves them ``None`` and readers compute them."""
+    ``outcomes`` has every scored category with a threshold. :func:`observe` (the engine's one look at the
+    categories) fills ``hot`` instead: the outcomes of the categories scored at least the engine's ``hot_floor``
+    of their threshold, a superset of every category any of its detectors can act on (hugging, blocked, near,
+    elevated); ``outcomes`` is then worked out only if something asks for it. Most decisions have no hot category,
+    and detectors count those per :class:`Layout` instead of per category. ``peak`` (first category with the
+    highest score/threshold ratio) and ``min_margin`` are filled by :func:`observe`, ``top`` (the highest ratio,
+    ties to the smallest category name) where it was cheap to; an Observation built by hand leaves them ``None``
+    and readers compute them."""
 
-    event: Decision
-    ts_ms: int
-    outcomes: list[CategoryOutcome]
-    band: float
-    peak: tuple[str | None, float] | None = None
-    min_margin: float | None = None
+    __slots__ = ("_outcomes", "band", "event", "hot", "layout", "min_margin", "peak", "top", "ts_ms")
+
+    def __init__(
+        self,
+        event: Decision,
+        ts_ms: int,
+        outcomes: list[CategoryOutcome] | None,
+        band: float,
+        peak: tuple[str | None, float] | None = None,
+        min_margin: float | None = None,
+        *,
+        hot: list[CategoryOutcome] | None = None,
+        layout: Layout | None = None,
+        top: tuple[str, float, float] | None = None,
+    ) -> None:
+        self.event = event
+        self.ts_ms = ts_ms
+        self._outcomes = outcomes
+        self.band = band
+        self.peak = peak
+        self.min_margin = min_margin
+        self.hot = hot
+        self.layout = layout
+        self.top = top
+
+    @property
+    def outcomes(self) -> list[CategoryOutcome]:
+        if self._outcomes is None:
+            self._outcomes = category_outcomes(self.event, self.band)
+        return self._outcomes
+
+    @property
+    def hot_outcomes(self) -> list[CategoryOutcome]:
+        """The outcomes a detector must look at: ``hot`` if :func:`observe` made it, every one otherwise."""
+        return self.hot if self.hot is not None else self.outcomes
 
 
-def observe(event: Decision, ts_ms: int, band: float) -> Observation:
-    """Outcomes, peak and smallest margin of a decision in one pass over its categories (the hot path)."""
+def observe(event: Decision, ts_ms: int, band: float, hot_floor: float = 0.0) -> Observation:
+    """Outcomes of the hot categories, peak and smallest margin of a decision (the hot path). A decision whose
+    categories share one threshold and whose highest score is under ``hot_floor`` of it (most of them) is settled
+    by a ``max`` and a sort in C; any other goes through the categories one by one."""
+    layout = layout_of(event)
+    threshold = layout.uniform
+    if threshold is not None:
+        values = list(event.scores.values())
+        ordered = sorted(values)
+        high = ordered[-1]
+        if high < hot_floor * threshold:
+            level = high / threshold
+            # The top ratio is unique unless the runner-up's ratio rounds to it: then the loop below decides.
+            if len(ordered) == 1 or ordered[-2] / threshold != level:
+                category = layout.categories[values.index(high)]
+                peak = (category, level) if level > 0.0 else (None, 0.0)
+                top = (category, high, threshold)
+                return Observation(event, ts_ms, None, band, peak, threshold - high, hot=[], layout=layout, top=top)
     thresholds = event.thresholds
-    outcomes: list[CategoryOutcome] = []
+    hot: list[CategoryOutcome] = []
     best: str | None = None
     ratio = 0.0
     min_margin: float | None = None
+    top = ("", 0.0, 0.0)
+    top_level = -1.0
     for category, score in event.scores.items():
         threshold = thresholds.get(category)
         if threshold is None:
             continue
         margin = threshold - score
-        outcomes.append((category, score, 0.0 < margin <= band * threshold, margin <= 0.0))
-        r = score / threshold
-        if r > ratio:
-            best, ratio = category, r
+        level = score / threshold
+        if level > ratio:
+            best, ratio = category, level
+        if level > top_level or (level == top_level and category < top[0]):
+            top, top_level = (category, score, threshold), level
         if min_margin is None or margin < min_margin:
             min_margin = margin
-    return Observation(event, ts_ms, outcomes, band, (best, ratio), min_margin)
+        if score >= hot_floor * threshold:
+            hot.append((category, score, 0.0 < margin <= band * threshold, margin <= 0.0))
+    return Observation(event, ts_ms, None, band, (best, ratio), min_margin, hot=hot, layout=layout, top=top)
+
+
+def top_outcome(obs: Observation) -> tuple[str, float, float]:
+    """(category, score, threshold) with the highest score relative to its threshold, ties to the smallest
+    category name (``("", 0.0, 0.0)`` when nothing is scored against a threshold)."""
+    return obs.top if obs.top is not None else top_of(obs.outcomes, obs.event.thresholds)
+
+
+def top_of(outcomes: list[CategoryOutcome], thresholds: dict[str, float]) -> tuple[str, float, float]:
+    """:func:`top_outcome` of a list of outcomes."""
+    best = ("", 0.0, 0.0)
+    best_level = -1.0
+    for category, score, _hugging, _blocked in outcomes:
+        threshold = thresholds[category]
+        level = score / threshold
+        if level > best_level or (level == best_level and category < best[0]):
+            best, best_level = (category, score, threshold), level
+    return best
 
 
 class Detector(Protocol):
@@ -107,6 +242,17 @@ _policy_keys: dict[tuple[str | None, float | None], str] = {}
 
 
 @runtime_checkable
+class SettlesPopulation(Protocol):
+    """A detector that counts decisions per :class:`Layout` while nothing reads its per-category baselines, and
+    folds those counts in (``settle``) before anybody else does: the engine calls it before a population state
+    is encoded or handed out, so what is stored is the same as counting per category all along."""
+
+    name: ClassVar[str]
+
+    def settle(self, population: Any) -> None: ...
+
+
+@runtime_checkable
 class BatchScoring(Protocol):
     """A detector that snapshots users in ``update`` and scores the snapshots once per batch."""
 
@@ -122,11 +268,14 @@ class BatchScoring(Protocol):
 def policy_key(event: Decision, category: str) -> str:
     """Baselines are kept per policy: a new ``policy_version`` or a moved threshold starts a new one,
     so a policy change is not read as every user suddenly behaving differently."""
-    threshold = event.thresholds.get(category)
-    memo = (event.policy_version, threshold)
+    return policy_key_of(event.policy_version, event.thresholds.get(category))
+
+
+def policy_key_of(policy_version: str | None, threshold: float | None) -> str:
+    memo = (policy_version, threshold)
     key = _policy_keys.get(memo)
     if key is None:  # a handful of distinct policies in practice: build each string once
         if len(_policy_keys) >= 4096:
             _policy_keys.clear()
-        key = _policy_keys[memo] = f"{event.policy_version or '-'}|{threshold!r}"
+        key = _policy_keys[memo] = f"{policy_version or '-'}|{threshold!r}"
     return key

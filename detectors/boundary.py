@@ -20,11 +20,13 @@ import msgspec
 
 from detectors.base import (
     DAY_MS,
+    LAYOUTS,
     THRESHOLD_STAGES,
     CategoryOutcome,
     Observation,
     category_outcomes,
     policy_key,
+    policy_key_of,
 )
 from detectors.events import Decision
 from detectors.findings import Finding
@@ -175,11 +177,15 @@ def all_category_stats(user: HuggingUser) -> dict[str, CategoryStats]:
     return out
 
 
-class HuggingPopulation(msgspec.Struct):
+class HuggingPopulation(msgspec.Struct, omit_defaults=True):
     """Per category *and policy* (see :func:`detectors.base.policy_key`): a threshold change starts a
     new baseline (with its own warm-up) instead of making everybody look like a hugger."""
 
     baselines: dict[str, PopulationStats] = msgspec.field(default_factory=dict)
+    pending: dict[int, int] = msgspec.field(default_factory=dict)
+    """Quiet decisions not yet in ``baselines``, per :class:`detectors.base.Layout` index (a layout is in here once
+    a decision of it created its baselines). In memory only: :meth:`BoundaryHugging.settle` folds them in and
+    empties it before the state is stored."""
 
 
 def population_share(pop: PopulationStats, cfg: HuggingConfig) -> float:
@@ -223,14 +229,127 @@ class BoundaryHugging:
         self.cfg = cfg or HuggingConfig()
         self._half_life_ms = self.cfg.half_life_days * DAY_MS
         self._keys: dict[tuple[str, str | None, float], str] = {}  # baseline keys, built once per policy
+        self._layout_keys: dict[int, list[str]] = {}  # the baseline keys of a layout's categories, in order
+        self._key_maps: dict[int, dict[str, str]] = {}
+        self._layouts_with: dict[str, list[int]] = {}  # baseline key -> the layouts with that key
+        self.hot_floor = max(0.0, 1.0 - 3.0 * self.cfg.band)  # below: not hugging, blocked nor near
 
     def update(self, user: HuggingUser, population: HuggingPopulation, obs: Observation) -> list[Finding]:
         """Fold one decision into the user's and the population's counters; return findings while the
         user is over a level (the alert book turns repeats into updates)."""
         event, ts_ms = obs.event, obs.ts_ms
-        findings: list[Finding] = []
         if event.stage not in THRESHOLD_STAGES:
-            return findings
+            return []
+        layout = obs.layout
+        pending = population.pending
+        if (
+            layout is not None
+            and obs.hot is not None
+            and layout.index in pending
+            and obs.band == self.cfg.band
+            and self._quiet(obs.hot, event.thresholds)
+        ):
+            # Every category quiet (not hugging, blocked or near): the population counts the decision per layout,
+            # categories with counters of their own take the fold one by one and the user's quiet groups the rest.
+            # Exactly what the loop in _fold does for such a decision.
+            pending[layout.index] += 1
+            own = user.categories
+            quiet = layout.categories
+            if own:
+                self._fold_own(own, population, layout.index, ts_ms)
+                quiet = [c for c in quiet if c not in own]
+            if quiet:
+                groups = user.quiet
+                if len(groups) == 1 and groups[0].categories == quiet:
+                    self._fold_group(groups[0], ts_ms)
+                else:
+                    self._fold_groups(user, quiet, ts_ms)
+            return []
+        self._flush(population)
+        findings = self._fold(user, population, obs)
+        if layout is not None and layout.index >= 0 and obs.band == self.cfg.band:
+            pending.setdefault(layout.index, 0)  # its baselines exist now
+        return findings
+
+    def _quiet(self, hot: list[CategoryOutcome], thresholds: dict[str, float]) -> bool:
+        near_floor = 1.0 - 3.0 * self.cfg.band
+        return all(not (h or b or s >= near_floor * thresholds[c]) for c, s, h, b in hot)
+
+    def _fold_own(self, own: dict[str, CategoryStats], population: HuggingPopulation, index: int, ts_ms: int) -> None:
+        """_fold's arithmetic for a quiet decision in the categories the user has counters of their own for."""
+        cfg = self.cfg
+        min_population, floor = cfg.min_population, cfg.population_floor
+        shift, min_alternative = cfg.cusum_shift, cfg.cusum_min_alternative
+        keys = self._key_map(index)
+        baselines = population.baselines
+        pending = population.pending
+        half_life_ms = self._half_life_ms
+        for category, stats in own.items():
+            key = keys.get(category)
+            if key is None:
+                continue  # not scored in this decision
+            stats.decisions += 1
+            elapsed = ts_ms - stats.last_ts
+            decay = 0.5 ** (elapsed / half_life_ms) if elapsed > 0 else 1.0
+            stats.ewma_decisions = stats.ewma_decisions * decay + 1.0
+            stats.ewma_hugs = stats.ewma_hugs * decay + 0.0
+            if ts_ms > stats.last_ts:
+                stats.last_ts = ts_ms
+            pop = baselines[key]
+            decisions = pop.decisions + self._pending_decisions(key, pending)
+            if decisions < min_population:
+                continue
+            p0 = (pop.hugs + 0.5) / (decisions + 1.0)
+            if p0 < floor:
+                p0 = floor
+            p1 = min(0.5, max(shift * p0, min_alternative))
+            if p1 > p0:
+                stats.cusum = max(0.0, stats.cusum + math.log((1.0 - p1) / (1.0 - p0)))
+
+    def settle(self, population: HuggingPopulation) -> None:
+        self._flush(population)
+        population.pending.clear()
+
+    def _flush(self, population: HuggingPopulation) -> None:
+        baselines = population.baselines
+        pending = population.pending
+        for index, count in pending.items():
+            if count:
+                for key in self._baseline_keys(index):
+                    baselines[key].decisions += count
+                pending[index] = 0
+
+    def _pending_decisions(self, key: str, pending: dict[int, int]) -> int:
+        count = 0
+        for index in self._layouts_with[key]:
+            count += pending.get(index, 0)
+        return count
+
+    def _baseline_keys(self, index: int) -> list[str]:
+        keys = self._layout_keys.get(index)
+        if keys is None:
+            layout = LAYOUTS[index]
+            keys = self._layout_keys[index] = [
+                category + "|" + policy_key_of(layout.policy_version, threshold)
+                for category, threshold in zip(layout.categories, layout.thresholds, strict=True)
+            ]
+            self._key_maps[index] = dict(zip(layout.categories, keys, strict=True))
+            for key in keys:
+                self._layouts_with.setdefault(key, []).append(index)
+        return keys
+
+    def _key_map(self, index: int) -> dict[str, str]:
+        """category -> baseline key, for one layout"""
+        keys = self._key_maps.get(index)
+        if keys is None:
+            self._baseline_keys(index)
+            keys = self._key_maps[index]
+        return keys
+
+    def _fold(self, user: HuggingUser, population: HuggingPopulation, obs: Observation) -> list[Finding]:
+        """Every category of the decision, one by one."""
+        event, ts_ms = obs.event, obs.ts_ms
+        findings: list[Finding] = []
         cfg = self.cfg
         outcomes = obs.outcomes if obs.band == cfg.band else category_outcomes(event, cfg.band)
         thresholds = event.thresholds

@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import msgspec
 
-from detectors.base import DAY_MS, MINUTE_MS, Observation, policy_key
+from detectors.base import DAY_MS, LAYOUTS, MINUTE_MS, Observation, policy_key, policy_key_of
 from detectors.events import Decision
 from detectors.findings import Finding
 
@@ -105,11 +105,14 @@ class BypassPopulationStats(msgspec.Struct, array_like=True):
     bypasses: int = 0
 
 
-class BypassPopulation(msgspec.Struct):
+class BypassPopulation(msgspec.Struct, omit_defaults=True):
     """Per ``category|policy_key`` (a threshold change starts a new baseline), plus ``*|policy_version``
     counting requests with a bypass in any category, for the reader of an alert."""
 
     baselines: dict[str, BypassPopulationStats] = msgspec.field(default_factory=dict)
+    pending: dict[int, int] = msgspec.field(default_factory=dict)
+    """Allowed requests not yet in ``baselines``, per :class:`detectors.base.Layout` index whose baselines exist.
+    In memory only: :meth:`OutputBypass.settle` folds them in and empties it before the state is stored."""
 
 
 def bypass_index(stats: BypassStats, requests: int, p0: float, cfg: BypassConfig) -> tuple[float, float]:
@@ -130,6 +133,8 @@ class OutputBypass:
     def __init__(self, cfg: BypassConfig | None = None) -> None:
         self.cfg = cfg or BypassConfig()
         self._window_ms = int(self.cfg.join_window_minutes * MINUTE_MS)
+        self.hot_floor = 1.0  # it reads blocked categories only (and counts requests over every threshold)
+        self._layout_keys: dict[int, list[str]] = {}  # a layout's request baselines, in the order they are made
 
     def update(self, user: BypassUser, population: BypassPopulation, obs: Observation) -> list[Finding]:
         event, ts_ms = obs.event, obs.ts_ms
@@ -148,12 +153,12 @@ class OutputBypass:
                 pending.input = int(allowed)
             if not allowed:
                 return []
-            self._count_request(user, population, event, ts_ms)
+            self._count_request(user, population, obs)
         else:
             if pending is not None and pending.output_blocked is not None:
                 return []  # a replayed output
             blocked = {
-                category: score for category, score, _h, hit in obs.outcomes if hit and event.decision != "allow"
+                category: score for category, score, _h, hit in obs.hot_outcomes if hit and event.decision != "allow"
             }
             if pending is None:
                 if not blocked:
@@ -184,17 +189,51 @@ class OutputBypass:
         return request
 
     # -- counting --------------------------------------------------------------------------------------
-    def _count_request(self, user: BypassUser, population: BypassPopulation, event: Decision, ts_ms: int) -> None:
+    def _count_request(self, user: BypassUser, population: BypassPopulation, obs: Observation) -> None:
+        event = obs.event
         if user.requests == 0:
-            user.first_ts = ts_ms
+            user.first_ts = obs.ts_ms
         user.requests += 1
+        layout = obs.layout
+        index = -1 if layout is None else layout.index
+        if index in population.pending:
+            population.pending[index] += 1  # nothing reads the request counts before the next bypass: count later
+            return
+        self._flush(population)
         for category in event.thresholds:
             self._baseline(population, category + "|" + policy_key(event, category)).requests += 1
         self._baseline(population, ALL_CATEGORIES + "|" + (event.policy_version or "-")).requests += 1
+        if index >= 0:
+            population.pending[index] = 0  # its baselines exist now
+
+    def settle(self, population: BypassPopulation) -> None:
+        self._flush(population)
+        population.pending.clear()
+
+    def _flush(self, population: BypassPopulation) -> None:
+        baselines = population.baselines
+        pending = population.pending
+        for index, count in pending.items():
+            if count:
+                for key in self._request_keys(index):
+                    baselines[key].requests += count
+                pending[index] = 0
+
+    def _request_keys(self, index: int) -> list[str]:
+        keys = self._layout_keys.get(index)
+        if keys is None:
+            layout = LAYOUTS[index]
+            policy = layout.policy_version
+            keys = self._layout_keys[index] = [
+                *(category + "|" + policy_key_of(policy, threshold) for category, threshold in layout.all_thresholds),
+                ALL_CATEGORIES + "|" + (policy or "-"),
+            ]
+        return keys
 
     def _count_bypass(
         self, user: BypassUser, population: BypassPopulation, event: Decision, blocked: dict[str, float], ts_ms: int
     ) -> list[Finding]:
+        self._flush(population)
         findings: list[Finding] = []
         if user.bypassed < self.cfg.population_user_cap:
             self._baseline(population, ALL_CATEGORIES + "|" + (event.policy_version or "-")).bypasses += 1

@@ -211,6 +211,9 @@ class MultiTurnDecomposition:
         self._idle_ms = int(self.cfg.session_idle_hours * HOUR_MS)
         self._history_ms = int(self.cfg.history_days * DAY_MS)
         self._z = NormalDist().inv_cdf(self.cfg.population_quantile)
+        # A category under ``floor`` that the session has no counters for is skipped: only hot ones can matter
+        # (unless the session has counters: then every category is looked at, as they may be among them).
+        self.hot_floor = max(0.0, self.cfg.floor)
 
     def update(self, user: DecompositionUser, population: DecompositionPopulation, obs: Observation) -> list[Finding]:
         """Fold one decision into its session and the population; return findings for the session's
@@ -230,7 +233,7 @@ class MultiTurnDecomposition:
             population.turns[policy] = population.turns.get(policy, 0) + 1
         thresholds = event.thresholds
         touched: list[tuple[str, SessionCategory]] = []
-        for category, score, _hugging, blocked in obs.outcomes:
+        for category, score, _hugging, blocked in obs.outcomes if session.categories else obs.hot_outcomes:
             threshold = thresholds[category]
             level = score / threshold
             stats = session.categories.get(category)

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from detectors.alerts import AlertBook, AlertChange, AlertPolicy, AlertState
-from detectors.base import BatchScoring, Detector, Observation, observe
+from detectors.base import BatchScoring, Detector, Observation, SettlesPopulation, observe
 from detectors.events import Decision
 
 UserKey = tuple[str, str]  # (tenant, user_id)
@@ -71,6 +71,13 @@ class Engine:
         # book of the partition the user is in.
         self._collectors = [d for d in self.detectors if isinstance(d, BatchScoring)]
         self._user_partition: dict[UserKey, int] = {}
+        # Categories scored under this share of their threshold are quiet for every detector here (each says how
+        # low it looks: ``hot_floor``; hugging starts at 1 - band). The margin keeps a rounding step in a
+        # detector's own comparison (score / threshold >= f, say) from ever falling outside what is hot.
+        floors = [float(getattr(d, "hot_floor", 0.0)) for d in self.detectors]
+        self.hot_floor = max(0.0, min([*floors, 1.0 - band])) * (1.0 - 1e-9)
+        self._settlers = [d for d in self.detectors if isinstance(d, SettlesPopulation)]
+        self._parts = [(d.name, d, d.user_state, d.population_state) for d in self.detectors]
 
     # -- state in and out ----------------------------------------------------------------------------
     def encode_user(self, state: dict[str, Any]) -> bytes:
@@ -92,7 +99,16 @@ class Engine:
         return out
 
     def encode_population(self, population: dict[str, dict[str, Any]]) -> bytes:
+        self.settle_populations(population)
         return _encoder.encode(population)
+
+    def settle_populations(self, population: dict[str, dict[str, Any]]) -> None:
+        """Fold what detectors counted per layout into their per-category baselines (before they are read out)."""
+        for per in population.values():
+            for detector in self._settlers:
+                part = per.get(detector.name)
+                if part is not None:
+                    detector.settle(part)
 
     def decode_population(self, blob: bytes) -> dict[str, dict[str, Any]]:
         raw = _raw_population.decode(blob)
@@ -126,7 +142,7 @@ class Engine:
 
     # -- the stream ----------------------------------------------------------------------------------
     def observe(self, event: Decision, ts_ms: int) -> Observation:
-        return observe(event, ts_ms, self.band)
+        return observe(event, ts_ms, self.band, self.hot_floor)
 
     def process(self, partition: int, obs: Observation) -> list[AlertChange]:
         state = self.partitions.get(partition)
@@ -147,16 +163,17 @@ class Engine:
         if obs.ts_ms > state.watermark_ms:
             state.watermark_ms = obs.ts_ms
         changes: list[AlertChange] = []
-        for detector in self.detectors:
-            name = detector.name
+        for name, detector, user_state, population_state in self._parts:
             user_part = user.get(name)
             if user_part is None:
-                user_part = user[name] = detector.user_state()
+                user_part = user[name] = user_state()
             population_part = population.get(name)
             if population_part is None:
-                population_part = population[name] = detector.population_state()
-            for finding in detector.update(user_part, population_part, obs):
-                changes.extend(state.book.observe(finding))
+                population_part = population[name] = population_state()
+            findings = detector.update(user_part, population_part, obs)
+            if findings:
+                for finding in findings:
+                    changes.extend(state.book.observe(finding))
         return changes
 
     def sweep(self) -> list[AlertChange]:
@@ -199,6 +216,8 @@ class Engine:
 
     def populations(self, detector: str) -> list[Any]:
         """Every tenant's population state of one detector, across the partitions this engine holds."""
+        for state in self.partitions.values():
+            self.settle_populations(state.population)
         return [
             per[detector] for state in self.partitions.values() for per in state.population.values() if detector in per
         ]

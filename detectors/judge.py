@@ -37,7 +37,7 @@ from typing import ClassVar
 
 import msgspec
 
-from detectors.base import DAY_MS, HOUR_MS, MINUTE_MS, THRESHOLD_STAGES, CategoryOutcome, Observation
+from detectors.base import DAY_MS, HOUR_MS, MINUTE_MS, THRESHOLD_STAGES, Observation, top_of, top_outcome
 from detectors.events import Decision
 from detectors.findings import Finding
 
@@ -228,16 +228,7 @@ def disagreement_rates(population: JudgePopulation) -> dict[str, tuple[int, int]
     return out
 
 
-def _top(outcomes: list[CategoryOutcome], thresholds: dict[str, float]) -> tuple[str, float, float]:
-    """(category, score, threshold) with the highest score relative to its threshold."""
-    best = ("", 0.0, 0.0)
-    best_level = -1.0
-    for category, score, _hugging, _blocked in outcomes:
-        threshold = thresholds[category]
-        level = score / threshold
-        if level > best_level or (level == best_level and category < best[0]):
-            best, best_level = (category, score, threshold), level
-    return best
+_top = top_of  # (category, score, threshold) of the highest score/threshold ratio, ties to the smaller name
 
 
 def _span(ms: int) -> str:
@@ -259,6 +250,7 @@ class JudgeDisagreement:
 
     def __init__(self, cfg: JudgeConfig | None = None) -> None:
         self.cfg = cfg or JudgeConfig()
+        self.hot_floor = 1.0  # it reads blocked categories and the top one (which observe works out)
 
     def update(self, user: JudgeUser, population: JudgePopulation, obs: Observation) -> list[Finding]:
         event = obs.event
@@ -322,8 +314,8 @@ class JudgeDisagreement:
         event = obs.event
         if not event.request_id:
             return
-        category, score, threshold = _top(obs.outcomes, event.thresholds)
-        allowed = event.decision == "allow" and not any(blocked for *_, blocked in obs.outcomes)
+        category, score, threshold = top_outcome(obs)
+        allowed = event.decision == "allow" and not any(blocked for *_, blocked in obs.hot_outcomes)
         record = Recent(
             event.request_id,
             obs.ts_ms,
@@ -343,12 +335,12 @@ class JudgeDisagreement:
             matches = [s for s in screened_records(user.recent) if s.request_id == event.request_id]
             if matches:
                 return min(matches, key=lambda s: (_STAGE_PREFERENCE.get(s.stage, 9), -s.ts))
-        category, score, threshold = _top(obs.outcomes, event.thresholds)
+        category, score, threshold = top_outcome(obs)
         return Screened(
             event.request_id or event.event_id,
             obs.ts_ms,
             event.stage,
-            not any(blocked for *_, blocked in obs.outcomes),
+            not any(blocked for *_, blocked in obs.hot_outcomes),
             event.guardrail.name,
             event.policy_version or "-",
             category,

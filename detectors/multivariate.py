@@ -119,6 +119,7 @@ class MultivariateAnomaly:
             )
         self.model = model
         self.band = band
+        self.hot_floor = max(0.0, 1.0 - band)  # it reads hugging and blocked flags (and the peak observe found)
         self._pending: list[tuple[str, str, int, list[float], ProfileCounters]] = []
 
     def update(self, user: AnomalyState, population: NoPopulation, obs: Observation) -> list[Finding]:
@@ -197,9 +198,10 @@ def fold(c: ProfileCounters, obs: Observation, band: float) -> None:
     """Fold one threshold-stage decision into the counters (the SQL in streams/train.py mirrors this)."""
     event = obs.event
     c.decisions += 1
-    blocked = any(o[3] for o in obs.outcomes)
+    hot = obs.hot_outcomes
+    blocked = any(o[3] for o in hot)
     c.blocks += blocked
-    c.hugs += any(o[2] for o in obs.outcomes)
+    c.hugs += any(o[2] for o in hot)
     peak_category, peak_ratio = obs.peak if obs.peak is not None else peak(obs.outcomes, event.thresholds)
     c.peak_ratio_sum += peak_ratio
     if 1.0 - 3.0 * band <= peak_ratio < 1.0 - band:

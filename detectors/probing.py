@@ -157,6 +157,7 @@ class RetryProbing:
     def __init__(self, cfg: ProbingConfig | None = None) -> None:
         self.cfg = cfg or ProbingConfig()
         self._gap_ms = int(self.cfg.max_gap_minutes * MINUTE_MS)
+        self.hot_floor = max(0.0, 1.0 - self.cfg.band)  # below: neither hugging nor blocked
 
     def update(self, user: ProbingUser, population: ProbingPopulation, obs: Observation) -> list[Finding]:
         event, ts_ms = obs.event, obs.ts_ms
@@ -164,7 +165,8 @@ class RetryProbing:
         if event.stage not in THRESHOLD_STAGES:
             return findings
         cfg = self.cfg
-        outcomes = obs.outcomes if obs.band == cfg.band else category_outcomes(event, cfg.band)
+        # only blocked or hugging categories matter, and every one of them is hot
+        outcomes = obs.hot_outcomes if obs.band == cfg.band else category_outcomes(event, cfg.band)
         allowed = event.decision == "allow"
         for category, score, hugging, blocked in outcomes:
             if not blocked and not (hugging and allowed):

@@ -39,7 +39,7 @@ from typing import ClassVar
 
 import msgspec
 
-from detectors.base import DAY_MS, THRESHOLD_STAGES, Observation, policy_key
+from detectors.base import DAY_MS, LAYOUTS, THRESHOLD_STAGES, CategoryOutcome, Observation, policy_key, policy_key_of
 from detectors.events import Decision
 from detectors.findings import Finding
 from detectors.stats import binomial_tail_log10, poisson_tail_log10
@@ -137,10 +137,16 @@ class Baseline(msgspec.Struct, array_like=True):
     last_ts: int = 0
 
 
-class RatePopulation(msgspec.Struct):
+class RatePopulation(msgspec.Struct, omit_defaults=True):
     """Keyed ``stage|category|policy_key``: a threshold change starts a new baseline with its own warm-up."""
 
     baselines: dict[str, Baseline] = msgspec.field(default_factory=dict)
+    pending: dict[int, list[int]] = msgspec.field(default_factory=dict)
+    """Quiet decisions not yet in ``baselines``: [count, latest ts] per (layout, stage) slot whose baselines exist.
+    In memory only: :meth:`CategoryRateAnomaly.settle` folds them in and empties it before the state is stored."""
+
+
+_STAGE_SLOTS = {"input": 0, "output": 1, "tool": 2}
 
 
 def _history(window: CategoryWindow) -> float:
@@ -166,6 +172,9 @@ class CategoryRateAnomaly:
         self._decay = 0.5 ** (1.0 / self.cfg.half_life_days)
         # (stage, category, policy_version, threshold) -> (policy, baseline key, window key): built once
         self._keys: dict[tuple[str, str, str | None, float], tuple[str, str, str]] = {}
+        self._slot_keys: dict[int, list[str]] = {}  # a (layout, stage) slot's baseline keys, in order
+        self._slot_policies: dict[int, dict[str, str]] = {}  # a slot's window key -> policy key
+        self.hot_floor = min(1.0, self.cfg.elevated_fraction)  # below: neither elevated nor blocked
 
     def update(self, user: RateUser, population: RatePopulation, obs: Observation) -> list[Finding]:
         """Fold one decision into the user's daily buckets and the population baselines; return a finding
@@ -175,7 +184,6 @@ class CategoryRateAnomaly:
         stage = event.stage
         if stage not in THRESHOLD_STAGES:
             return findings
-        cfg = self.cfg
         day = ts_ms // DAY_MS
         if user.first_ts == 0:
             user.first_ts, user.day = ts_ms, day
@@ -190,6 +198,79 @@ class CategoryRateAnomaly:
             volume.today += 1
         elif lag == 1:
             volume.prev += 1
+        layout = obs.layout
+        slot = -1 if layout is None or layout.index < 0 else layout.index * 4 + _STAGE_SLOTS[stage]
+        if obs.hot is not None and slot >= 0:
+            counts = population.pending.get(slot)
+            if counts is not None and self._quiet(obs.hot, event.thresholds):
+                # No category elevated or blocked: all the loop in _fold does is add the decision to each category's
+                # baseline (counted per (layout, stage) until settled) and restart the block counts of a window
+                # kept under another policy.
+                counts[0] += 1
+                if ts_ms > counts[1]:
+                    counts[1] = ts_ms
+                if user.windows:
+                    self._reset_moved_policies(user.windows, slot)
+                return findings
+        self._flush(population)
+        findings = self._fold(user, population, obs, volume, lag)
+        if slot >= 0 and slot not in population.pending:
+            baselines = population.baselines
+            if all(key in baselines for key in self._baseline_keys(slot)):
+                population.pending[slot] = [0, 0]
+        return findings
+
+    def _reset_moved_policies(self, windows: dict[str, CategoryWindow], slot: int) -> None:
+        policies = self._slot_policies[slot]  # window key -> policy key, for the slot's stage and categories
+        for window_key, window in windows.items():
+            policy = policies.get(window_key)
+            if policy is not None and window.policy != policy:
+                window.policy = policy
+                window.today_blocks = window.prev_blocks = 0
+                window.ewma_blocks = window.block_exposure = 0.0
+
+    def _quiet(self, hot: list[CategoryOutcome], thresholds: dict[str, float]) -> bool:
+        fraction = self.cfg.elevated_fraction
+        return all(s < fraction * thresholds[c] and s < thresholds[c] for c, s, _h, _b in hot)
+
+    def settle(self, population: RatePopulation) -> None:
+        self._flush(population)
+        population.pending.clear()
+
+    def _flush(self, population: RatePopulation) -> None:
+        baselines = population.baselines
+        for slot, counts in population.pending.items():
+            count, latest = counts
+            if count:
+                for key in self._baseline_keys(slot):
+                    pop = baselines[key]
+                    pop.decisions += count
+                    if latest > pop.last_ts:
+                        pop.last_ts = latest
+                counts[0] = counts[1] = 0
+
+    def _baseline_keys(self, slot: int) -> list[str]:
+        keys = self._slot_keys.get(slot)
+        if keys is None:
+            layout = LAYOUTS[slot // 4]
+            stage = next(name for name, code in _STAGE_SLOTS.items() if code == slot % 4)
+            policies = [policy_key_of(layout.policy_version, threshold) for threshold in layout.thresholds]
+            keys = self._slot_keys[slot] = [
+                f"{stage}|{category}|{policy}" for category, policy in zip(layout.categories, policies, strict=True)
+            ]
+            self._slot_policies[slot] = {
+                f"{stage}|{category}": policy for category, policy in zip(layout.categories, policies, strict=True)
+            }
+        return keys
+
+    def _fold(
+        self, user: RateUser, population: RatePopulation, obs: Observation, volume: StageVolume, lag: int
+    ) -> list[Finding]:
+        """Every category of the decision, one by one."""
+        event, ts_ms = obs.event, obs.ts_ms
+        findings: list[Finding] = []
+        stage = event.stage
+        cfg = self.cfg
         baselines = population.baselines
         windows = user.windows
         thresholds = event.thresholds
@@ -211,6 +292,7 @@ class CategoryRateAnomaly:
             if pop is None:
                 if len(baselines) >= cfg.max_baselines:
                     del baselines[min(baselines, key=lambda k: (baselines[k].last_ts, k))]
+                    population.pending.clear()  # (flushed) a layout may have lost a baseline: count it again
                 pop = baselines[key] = Baseline()
             pop.decisions += 1
             pop.blocks += blocked

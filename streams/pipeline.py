@@ -19,12 +19,13 @@ from itertools import accumulate, chain
 from typing import Protocol
 
 import msgspec
+import numpy as np
 import orjson
 import pyarrow as pa
 from msgspec.structs import astuple
 
 from detectors.alerts import AlertChange, AlertState
-from detectors.base import Observation
+from detectors.base import CategoryOutcome, Observation, layout_of
 from detectors.engine import Engine
 from detectors.events import Decision, Rejection, decode
 from streams.store import Applied, Checkpoint, PartitionCheckpoint
@@ -53,12 +54,15 @@ class DeadLetter:
     event_id: str | None = None
 
 
+_NONE: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     message: Message
     obs: Observation
-    hugging: list[str]
-    blocked: list[str]
+    hugging: Sequence[str]
+    blocked: Sequence[str]
     peak_category: str | None
     peak_ratio: float
 
@@ -192,9 +196,9 @@ class Pipeline:
                 out.dead_letters.append(DeadLetter(msg, "future_timestamp", detail, result.event_id))
                 continue
             obs = observe(result, ts_ms)
-            outcomes = obs.outcomes
-            hugging = [o[0] for o in outcomes if o[2]]
-            blocked = [o[0] for o in outcomes if o[3]]
+            hot = obs.hot_outcomes  # every hugging or blocked category is hot
+            hugging = [o[0] for o in hot if o[2]] if hot else _NONE
+            blocked = [o[0] for o in hot if o[3]] if hot else _NONE
             peak_category, peak_ratio = obs.peak or (None, 0.0)
             accepted.append(Accepted(msg, obs, hugging, blocked, peak_category, peak_ratio))
         return out
@@ -420,36 +424,84 @@ def layouts_table(layouts: Mapping[int, Layout]) -> pa.Table:
 def _daily_table(batch: list[Accepted], counts: Counter[tuple[str, str, str]]) -> pa.Table | None:
     """The batch's rows for ``user_category_daily`` (one per user, category and UTC day of event time, over the
     categories a decision has both a score and a threshold for), and the per-category outcome counts for the
-    metrics, from the outcomes ``observe`` already computed: one pass, no second look at the score maps."""
-    rows: dict[tuple[str, str, str, int], list[float]] = {}
+    metrics. Decisions and score sums come from every score of the batch at once (numpy, in event order, so each
+    sum adds up exactly as one score after another would); blocks and hugs from the hot outcomes ``observe`` kept,
+    as every blocked or hugging category is hot."""
+    groups: dict[tuple[str, str, int], int] = {}  # (tenant, user_id, day) -> row group
+    columns: dict[str, int] = {}  # category -> column
+    layout_columns: dict[int, list[int]] = {}  # id(layout) -> its categories' columns
+    stage_codes = {"input": 0, "output": 1, "tool": 2, "judge": 3}
+    owners: list[int] = []
+    stages: list[int] = []
+    sizes: list[int] = []
+    cells: list[list[int]] = []
+    values: list[Iterable[float]] = []
+    hot: list[tuple[int, str, CategoryOutcome]] = []
     for item in batch:
         obs = item.obs
         event = obs.event
-        tenant, user_id, stage, day = event.tenant, event.user_id, event.stage, obs.ts_ms // DAY_MS
-        for category, score, hugging, blocked in obs.outcomes:
-            result = "blocked" if blocked else "hugging" if hugging else "allowed"
-            counts[(stage, category, result)] += 1
-            key = (tenant, user_id, category, day)
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = [0, 0, 0, 0.0]
-            row[0] += 1
-            row[1] += blocked
-            row[2] += hugging
-            row[3] += score
-    if not rows:
+        layout = obs.layout or layout_of(event)
+        if not layout.categories:
+            continue
+        key = (event.tenant, event.user_id, obs.ts_ms // DAY_MS)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = len(groups)
+        cats = layout_columns.get(id(layout))
+        if cats is None:
+            cats = layout_columns[id(layout)] = [columns.setdefault(c, len(columns)) for c in layout.categories]
+        owners.append(group)
+        stages.append(stage_codes[event.stage])
+        sizes.append(len(cats))
+        cells.append(cats)
+        scores = event.scores
+        values.append(scores.values() if layout.all_scored else [scores[c] for c in layout.categories])
+        for outcome in obs.hot_outcomes:
+            if outcome[2] or outcome[3]:
+                hot.append((group, event.stage, outcome))
+    if not owners:
         return None
-    keys, values = list(rows), list(rows.values())
+    width = len(columns)
+    n_cells = sum(sizes)
+    owner_of = np.repeat(np.asarray(owners, np.int64), sizes)
+    column_of = np.fromiter(chain.from_iterable(cells), np.int64, n_cells)
+    cell = owner_of * width + column_of
+    size = len(groups) * width
+    decisions = np.bincount(cell, minlength=size)
+    score_sum = np.bincount(cell, weights=np.fromiter(chain.from_iterable(values), np.float64, n_cells), minlength=size)
+    blocks = np.zeros(size, np.int64)
+    hugs = np.zeros(size, np.int64)
+    names = list(columns)
+    stage_names = list(stage_codes)
+    per_stage = np.bincount(np.repeat(np.asarray(stages, np.int64), sizes) * width + column_of, minlength=4 * width)
+    moved: Counter[tuple[str, str, str]] = Counter()
+    for group, stage, (category, _score, _hugging, blocked) in hot:
+        index = group * width + columns[category]
+        if blocked:
+            blocks[index] += 1
+            moved[(stage, category, "blocked")] += 1
+        else:
+            hugs[index] += 1
+            moved[(stage, category, "hugging")] += 1
+    for index in np.flatnonzero(per_stage).tolist():
+        stage, category = stage_names[index // width], names[index % width]
+        allowed = int(per_stage[index]) - moved[(stage, category, "blocked")] - moved[(stage, category, "hugging")]
+        if allowed:
+            counts[(stage, category, "allowed")] += allowed
+    counts.update(moved)
+    rows = np.flatnonzero(decisions)
+    keys = list(groups)
+    row_groups = (rows // width).tolist()
     return pa.table(
         {
-            "tenant": pa.array([k[0] for k in keys], pa.string()),
-            "user_id": pa.array([k[1] for k in keys], pa.string()),
-            "category": pa.array([k[2] for k in keys], pa.string()),
-            "day": pa.array([k[3] for k in keys], pa.int32()).cast(pa.date32()),
-            "decisions": pa.array([int(v[0]) for v in values], pa.int64()),
-            "blocks": pa.array([int(v[1]) for v in values], pa.int64()),
-            "hugs": pa.array([int(v[2]) for v in values], pa.int64()),
-            "score_sum": pa.array([v[3] for v in values], pa.float64()),
+            "tenant": pa.array([keys[g][0] for g in row_groups], pa.string()),
+            "user_id": pa.array([keys[g][1] for g in row_groups], pa.string()),
+            "category": pa.array(names, pa.string()).take(pa.array(rows % width)),
+            "day": pa.array([keys[g][2] for g in row_groups], pa.int32()).cast(pa.date32()),
+            "decisions": pa.array(decisions[rows], pa.int64()),
+            "blocks": pa.array(blocks[rows], pa.int64()),
+            "hugs": pa.array(hugs[rows], pa.int64()),
+            "score_sum": pa.array(score_sum[rows], pa.float64()),
         }
     )
 

@@ -102,6 +102,7 @@ def test_a_store_written_by_the_old_layout_carries_on_exactly(fixture: dict[str,
     # Every user's state at the end is the old code's, read through the new layout.
     for partition, part in fixture["final"].items():
         state = engine.partitions[int(partition)]
+        engine.settle_populations(state.population)  # what detectors counted per layout, folded in (as when stored)
         assert engine.decode_population(part["population"]) == state.population
         assert len(part["users"]) == len(state.users)
         for tenant, user_id, blob in part["users"]:
