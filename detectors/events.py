@@ -30,18 +30,20 @@ Stage = Literal["input", "output", "tool", "judge"]
 Verdict = Literal["allow", "block", "redact", "escalate"]
 
 
-class Guardrail(msgspec.Struct, frozen=True):
+# gc=False on the decision's types: frozen, holding only strings, numbers and containers of them, they can never be
+# part of a reference cycle, so the cyclic collector need not track them (a worker has thousands in flight).
+class Guardrail(msgspec.Struct, frozen=True, gc=False):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     version: Annotated[str, msgspec.Meta(max_length=128)]
 
 
-class Judge(msgspec.Struct, frozen=True):
+class Judge(msgspec.Struct, frozen=True, gc=False):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     verdict: Literal["safe", "unsafe"]
     score: Score | None = None
 
 
-class Decision(msgspec.Struct, frozen=True):
+class Decision(msgspec.Struct, frozen=True, gc=False):
     """A decoded, validated decision. ``text`` is accepted for validation and then dropped by :func:`decode`."""
 
     event_id: NonEmpty128

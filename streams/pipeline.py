@@ -313,17 +313,25 @@ class Pipeline:
         structs: one C-level tuple per event, transposed with zip. Each row's scores are a list in the order
         of its layout's categories; the layout (categories and thresholds) goes to the store once per batch."""
         n = len(accepted)
-        events = [a.obs.event for a in accepted]
+        observations = [a.obs for a in accepted]
+        events = [o.event for o in observations]
         columns = dict(zip(DECISION_FIELDS, zip(*map(astuple, events), strict=True), strict=True))
         guardrails = columns["guardrail"]
         judges = columns["judge"]
         scores = columns["scores"]
-        layout_keys, batch_layouts = self._layouts.keys(scores, columns["thresholds"])
+        layout_keys, batch_layouts = self._layouts.keys_of(observations)
+        sizes = np.fromiter(map(len, scores), np.int64, n)
+        offsets = np.zeros(n + 1, np.int32)
+        np.cumsum(sizes, out=offsets[1:])
+        values = np.fromiter(chain.from_iterable(m.values() for m in scores), np.float64, int(offsets[-1]))
+        scored = sizes > 0
+        highest = np.zeros(n, np.float64)
+        if values.size:
+            highest[scored] = np.maximum.reduceat(values, offsets[:-1][scored])
         now = datetime.now(UTC)
         decisions = pa.table(
             {
                 "event_id": pa.array(columns["event_id"], pa.string()),
-                "event_key": pa.array(list(map(event_key, columns["event_id"])), pa.uint64()),
                 "ts": pa.array([a.obs.ts_ms for a in accepted], TS_MS),
                 "tenant": pa.array(columns["tenant"], pa.string()),
                 "user_id": pa.array(columns["user_id"], pa.string()),
@@ -337,11 +345,8 @@ class Pipeline:
                 "decision": pa.array(columns["decision"], pa.string()),
                 "categories": pa.array(columns["categories"], pa.list_(pa.string())),
                 "layout_key": pa.array(layout_keys, pa.uint64()),
-                "scores": pa.ListArray.from_arrays(
-                    pa.array([0, *accumulate(map(len, scores))], pa.int32()),
-                    pa.array(list(chain.from_iterable(m.values() for m in scores)), pa.float64()),
-                ),
-                "max_score": pa.array([max(m.values(), default=None) for m in scores], pa.float64()),
+                "scores": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                "max_score": pa.array(highest, mask=~scored),
                 "min_margin": pa.array([a.obs.min_margin for a in accepted], pa.float64()),
                 "peak_ratio": pa.array([a.peak_ratio for a in accepted], pa.float64()),
                 "peak_category": pa.array([a.peak_category for a in accepted], pa.string()),
@@ -383,6 +388,25 @@ class Layouts:
 
     def __init__(self) -> None:
         self.known: dict[Layout, int] = {}
+        self.by_index: dict[int, tuple[int, Layout]] = {}  # detectors.base.Layout index -> key, layout
+
+    def keys_of(self, observations: Sequence[Observation]) -> tuple[list[int], dict[int, Layout]]:
+        """:meth:`keys` of a batch's decisions, once per :class:`detectors.base.Layout` they were observed with."""
+        by_index = self.by_index
+        keys: list[int] = []
+        used: dict[int, Layout] = {}
+        for obs in observations:
+            index = -1 if obs.layout is None else obs.layout.index
+            found = by_index.get(index)
+            if found is None:
+                event = obs.event
+                (key,), layouts = self.keys([event.scores], [event.thresholds])
+                found = (key, layouts[key])
+                if index >= 0:
+                    by_index[index] = found
+            keys.append(found[0])
+            used[found[0]] = found[1]
+        return keys, used
 
     def keys(
         self, scores: Sequence[dict[str, float]], thresholds: Sequence[dict[str, float]]

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 VERDICTS = ("confirmed", "false_positive")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR_MS = 3_600_000
-# decision_rows' columns, as the pipeline's Arrow batch names them (the batch carries event_key besides)
+# decision_rows' columns, as the pipeline's Arrow batch names them
 _ROW_COLUMNS = (
     "event_id, ts, tenant, user_id, session_id, turn, request_id, stage, guardrail, guardrail_version, "
     "policy_version, decision, categories, layout_key, scores, max_score, min_margin, peak_ratio, peak_category, "
@@ -155,7 +155,7 @@ class Checkpoint:
     already stored the batch is refused too, so the detectors never count an event twice."""
 
     topic: str
-    decisions: pa.Table | None = None  # decision_rows columns plus event_key (see Pipeline._decisions_table)
+    decisions: pa.Table | None = None  # decision_rows columns (see Pipeline._decisions_table)
     layouts: pa.Table | None = None  # the score_layouts the decisions use (stored once; more are harmless)
     daily: pa.Table | None = None  # the batch's user_category_daily rows, added to the stored ones
     expected: dict[int, int] = field(default_factory=dict)
@@ -296,10 +296,13 @@ class Store:
         conn = self.conn
         ts_ms = decisions.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
         hour = pc.divide(ts_ms, HOUR_MS).cast(pa.int32())
-        keys = pa.table(
-            {"hour": hour, "event_key": decisions.column("event_key"), "event_id": decisions.column("event_id")}
-        )
         conn.register("decisions_batch", decisions)
+        # the keys hashed in SQL: DuckDB does it without holding the GIL, which the worker's Python work needs
+        conn.register("batch_hours", pa.table({"hour": hour, "event_id": decisions.column("event_id")}))
+        keys = conn.execute(
+            "SELECT hour, md5_number_upper(event_id) AS event_key, event_id FROM batch_hours"
+        ).to_arrow_table()
+        conn.unregister("batch_hours")
         conn.register("batch_keys", keys)
         try:
             hits = conn.execute(
