@@ -283,20 +283,29 @@ class BoundaryHugging:
         keys = self._key_map(index)
         baselines = population.baselines
         pending = population.pending
+        layouts_with = self._layouts_with
         half_life_ms = self._half_life_ms
+        last_elapsed, last_decay = 0, 1.0
         for category, stats in own.items():
             key = keys.get(category)
             if key is None:
                 continue  # not scored in this decision
             stats.decisions += 1
             elapsed = ts_ms - stats.last_ts
-            decay = 0.5 ** (elapsed / half_life_ms) if elapsed > 0 else 1.0
+            if elapsed != last_elapsed:  # a user's own categories were mostly last scored together
+                last_elapsed = elapsed
+                last_decay = 0.5 ** (elapsed / half_life_ms) if elapsed > 0 else 1.0
+            decay = last_decay
             stats.ewma_decisions = stats.ewma_decisions * decay + 1.0
             stats.ewma_hugs = stats.ewma_hugs * decay + 0.0
             if ts_ms > stats.last_ts:
                 stats.last_ts = ts_ms
+            if stats.cusum == 0.0:
+                continue  # a decision that does not hug only lowers the CUSUM, which stops at 0
             pop = baselines[key]
-            decisions = pop.decisions + self._pending_decisions(key, pending)
+            decisions = pop.decisions
+            for layout in layouts_with[key]:
+                decisions += pending.get(layout, 0)
             if decisions < min_population:
                 continue
             p0 = (pop.hugs + 0.5) / (decisions + 1.0)
@@ -318,12 +327,6 @@ class BoundaryHugging:
                 for key in self._baseline_keys(index):
                     baselines[key].decisions += count
                 pending[index] = 0
-
-    def _pending_decisions(self, key: str, pending: dict[int, int]) -> int:
-        count = 0
-        for index in self._layouts_with[key]:
-            count += pending.get(index, 0)
-        return count
 
     def _baseline_keys(self, index: int) -> list[str]:
         keys = self._layout_keys.get(index)
@@ -399,6 +402,8 @@ class BoundaryHugging:
                 stats.last_ts = ts_ms
             if near:
                 stats.near += 1
+            if not hugging and stats.cusum == 0.0:
+                continue  # the CUSUM can only fall, and stops at 0; only a hugging decision changes a verdict
             if pop.decisions < min_population:
                 continue  # warm-up: the population share is not yet worth comparing against
             p0 = (pop.hugs + 0.5) / (pop.decisions + 1.0)  # population_share(), inlined

@@ -211,9 +211,8 @@ class MultiTurnDecomposition:
         self._idle_ms = int(self.cfg.session_idle_hours * HOUR_MS)
         self._history_ms = int(self.cfg.history_days * DAY_MS)
         self._z = NormalDist().inv_cdf(self.cfg.population_quantile)
-        # A category under ``floor`` that the session has no counters for is skipped: only hot ones can matter
-        # (unless the session has counters: then every category is looked at, as they may be among them).
-        self.hot_floor = max(0.0, self.cfg.floor)
+        # Under ``floor`` (and ``max_turn_level``) a category only moves the peak of a session that has counters for it
+        self.hot_floor = max(0.0, min(self.cfg.floor, self.cfg.max_turn_level))
 
     def update(self, user: DecompositionUser, population: DecompositionPopulation, obs: Observation) -> list[Finding]:
         """Fold one decision into its session and the population; return findings for the session's
@@ -233,7 +232,13 @@ class MultiTurnDecomposition:
             population.turns[policy] = population.turns.get(policy, 0) + 1
         thresholds = event.thresholds
         touched: list[tuple[str, SessionCategory]] = []
-        for category, score, _hugging, blocked in obs.outcomes if session.categories else obs.hot_outcomes:
+        outcomes = obs.hot_outcomes
+        if session.categories:
+            if obs.hot is None:
+                outcomes = obs.outcomes
+            else:
+                self._raise_peaks(session, event, {o[0] for o in outcomes})
+        for category, score, _hugging, blocked in outcomes:
             threshold = thresholds[category]
             level = score / threshold
             stats = session.categories.get(category)
@@ -279,6 +284,22 @@ class MultiTurnDecomposition:
             if finding is not None:
                 findings.append(finding)
         return findings
+
+    @staticmethod
+    def _raise_peaks(session: Session, event: Decision, hot: set[str]) -> None:
+        """What the loop in update does for a category the session has counters for and the decision scored
+        below the hot floor (not elevated, not near, not blocked): keep the session's peak level there."""
+        scores, thresholds = event.scores, event.thresholds
+        for category, stats in session.categories.items():
+            if category in hot:
+                continue
+            score = scores.get(category)
+            threshold = thresholds.get(category)
+            if score is None or threshold is None:
+                continue
+            level = score / threshold
+            if level > stats.peak:
+                stats.peak, stats.peak_score = level, score
 
     # -- sessions ------------------------------------------------------------------------------------
     def _session(self, user: DecompositionUser, event: Decision, ts_ms: int) -> Session:
