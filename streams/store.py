@@ -299,9 +299,8 @@ class Store:
         conn.register("decisions_batch", decisions)
         # the keys hashed in SQL: DuckDB does it without holding the GIL, which the worker's Python work needs
         conn.register("batch_hours", pa.table({"hour": hour, "event_id": decisions.column("event_id")}))
-        keys = conn.execute(
-            "SELECT hour, md5_number_upper(event_id) AS event_key, event_id FROM batch_hours"
-        ).to_arrow_table()
+        keys = conn.sql("SELECT hour, md5_number_upper(event_id) AS event_key, event_id FROM batch_hours")
+        keys = keys.to_arrow_table()
         conn.unregister("batch_hours")
         conn.register("batch_keys", keys)
         try:

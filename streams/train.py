@@ -85,6 +85,45 @@ def frame_counters(frame: pl.DataFrame) -> list[ProfileCounters]:
     return out
 
 
+class ForestScores:
+    """``score_samples`` of a fitted IsolationForest, as sklearn computes it (its own per-tree code, the same sum in
+    the same order), without the per-call input validation and joblib dispatch over the trees: ~14 ms a call whatever
+    the number of rows, which the stream pays once per batch. Falls back to sklearn's own method when this sklearn
+    keeps its trees differently. ``forest`` is the estimator itself (what :func:`save` stores)."""
+
+    def __init__(self, forest: IsolationForest) -> None:
+        self.forest = forest
+        self._trees: list[tuple[Any, Any, Any, Any]] | None = None
+        try:
+            from sklearn.ensemble._iforest import _average_path_length
+
+            subsample = forest._max_features != forest.n_features_in_
+            self._trees = [
+                (estimator.tree_, columns if subsample else None, path_lengths, average_lengths)
+                for estimator, columns, path_lengths, average_lengths in zip(
+                    forest.estimators_,
+                    forest.estimators_features_,
+                    forest._decision_path_lengths,
+                    forest._average_path_length_per_tree,
+                    strict=True,
+                )
+            ]
+            self._denominator = len(forest.estimators_) * _average_path_length([forest._max_samples])
+        except (AttributeError, ImportError, TypeError):
+            self._trees = None
+
+    def score_samples(self, rows: list[list[float]]) -> Any:
+        if self._trees is None:
+            return self.forest.score_samples(rows)
+        matrix = np.ascontiguousarray(rows, dtype=np.float32)
+        depths = np.zeros(matrix.shape[0], np.float64, order="F")
+        for tree, columns, path_lengths, average_lengths in self._trees:
+            leaves = tree.apply(matrix if columns is None else np.ascontiguousarray(matrix[:, columns]))
+            depths += path_lengths[leaves] + average_lengths[leaves] - 1.0
+        denominator = self._denominator
+        return -(2 ** (-np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0)))
+
+
 def fit(
     counters: list[ProfileCounters], *, contamination: float = 0.002, seed: int = 7, min_decisions: int = 100
 ) -> AnomalyModel:
@@ -103,7 +142,7 @@ def fit(
         critical_threshold=float(np.quantile(scores, 1.0 - contamination / 5.0)),
         features=FEATURES,
         trained_users=len(rows),
-        model=forest,
+        model=ForestScores(forest),
     )
 
 
@@ -118,7 +157,7 @@ def save(model: AnomalyModel, path: Path) -> None:
         "trained_users": model.trained_users,
         "sklearn": sklearn.__version__,
         "created_at": datetime.now(UTC).isoformat(),
-        "estimator": model.model,
+        "estimator": model.model.forest if isinstance(model.model, ForestScores) else model.model,
     }
     buffer = io.BytesIO()
     joblib.dump(payload, buffer)
@@ -138,5 +177,5 @@ def load(path: Path) -> AnomalyModel:
         critical_threshold=payload["critical_threshold"],
         features=tuple(payload["features"]),
         trained_users=payload["trained_users"],
-        model=payload["estimator"],
+        model=ForestScores(payload["estimator"]),
     )
