@@ -543,6 +543,22 @@ def pipeline_health() -> Json:
             unit="s",
         ),
         timeseries(
+            "Where a batch's time goes (mean per batch)",
+            [
+                target(
+                    "sum by (phase) (rate(guardstream_sink_batch_phase_seconds_sum[$__rate_interval]))"
+                    " / sum by (phase) (rate(guardstream_sink_batch_phase_seconds_count[$__rate_interval]))",
+                    "{{phase}}",
+                )
+            ],
+            unit="s",
+            stack=True,
+            description="decode: decoding a fetched batch; wait: in the commit queue behind the commit in flight "
+            "(high when the worker is near its peak: batches then merge); detect: the detectors and the batch's "
+            "tables; sink: the DuckDB transaction (or the writer's); publish: alerts from the outbox and the ack. "
+            "Together about the detection latency of an alert, less the broker's fetch wait.",
+        ),
+        timeseries(
             "Ingest latency p95 (broker timestamp to commit)",
             [target(quantile(0.95, "guardstream_pipeline_ingest_latency_seconds"), "p95")],
             unit="s",

@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -87,6 +87,7 @@ class Batch:
     started: float
     events: list[Any]  # the Faust events to ack through ``stream``; none when Faust delivered record batches
     stream: Any
+    queued: float = 0.0  # perf_counter() when it joined the commit queue
 
     def extend(self, later: Batch) -> None:
         self.events += later.events
@@ -159,7 +160,9 @@ class Service:
             async with self.lock:
                 await self.db(self.pipeline.assign, unassigned)
         prepared = self.pipeline.prepare(messages)
-        await self.batches.put(Batch(messages, prepared, started, events, stream))
+        queued = time.perf_counter()
+        self.metrics.batch_phase.labels("decode").observe(queued - started)
+        await self.batches.put(Batch(messages, prepared, started, events, stream, queued))
 
     async def commit_batches(self) -> None:
         """The committer, in order. Whatever queued up while the last commit ran goes into the next one:
@@ -191,6 +194,7 @@ class Service:
 
     async def handle(self, batch: Batch) -> None:
         assert self.app is not None
+        taken = time.perf_counter()
         prepared = batch.prepared
         published: set[tuple[int, int]] = set()
         await self.publish_dead_letters(prepared.dead_letters, published)
@@ -209,6 +213,7 @@ class Service:
             else:
                 break
         committed_at = time.time()
+        committed = time.perf_counter()
         if outcome.changes and self.store is not None:
             await self.publish_outbox()
         if batch.stream is None:
@@ -217,13 +222,25 @@ class Service:
             ack = batch.stream.ack
             for event in batch.events:
                 await ack(event)
-        self.record(batch.messages, prepared.dead_letters, outcome, batch.started, committed_at)
+        phases = {
+            "wait": taken - batch.queued,
+            "detect": outcome.detect_seconds,
+            "sink": outcome.sink_seconds,
+            "publish": time.perf_counter() - committed,
+        }
+        self.record(batch.messages, prepared.dead_letters, outcome, batch.started, committed_at, phases)
 
     def record(
-        self, messages: list[Message], rejected: list[DeadLetter], outcome: Outcome, started: float, committed_at: float
+        self,
+        messages: list[Message],
+        rejected: list[DeadLetter],
+        outcome: Outcome,
+        started: float,
+        committed_at: float,
+        phases: Mapping[str, float],
     ) -> None:
         m = self.metrics
-        record_batch(m, messages, rejected, outcome, started, committed_at)
+        record_batch(m, messages, rejected, outcome, started, committed_at, phases)
         self.gauges_stale = True
         if outcome.changes or committed_at - self.gauges_at >= GAUGE_REFRESH_SECONDS:
             self.refresh_gauges(committed_at)
@@ -372,6 +389,7 @@ def record_batch(
     outcome: Outcome,
     started: float,
     committed_at: float,
+    phases: Mapping[str, float],
 ) -> None:
     """Metrics of one committed batch: one increment per label set, whatever the number of users."""
     m.consumed.inc(len(messages))
@@ -384,6 +402,8 @@ def record_batch(
     if outcome.duplicates:
         m.duplicates.inc(outcome.duplicates)
     m.batch_seconds.observe(time.perf_counter() - started)
+    for phase, seconds in phases.items():
+        m.batch_phase.labels(phase).observe(seconds)
     m.batch_events.observe(len(messages))
     for msg in messages[:: max(1, len(messages) // 50)]:  # a sample keeps the histogram cheap per batch
         if msg.timestamp_ms:

@@ -28,6 +28,8 @@ OUTCOMES = ("allowed", "hugging", "blocked")
 SEVERITIES = ("warning", "critical")
 TOP_K = 20
 CHANGES = ("opened", "updated", "escalated", "resolved", "reopened")
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_PHASES = ("decode", "wait", "detect", "sink", "publish")
 CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")  # aiohttp sets the charset itself
 
 
@@ -131,10 +133,22 @@ class Metrics:
         )
         self.batch_seconds = Histogram(
             "guardstream_sink_batch_duration_seconds",
-            "Time to process and commit one batch (detectors + DuckDB transaction)",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            "From a batch's fetch to its commit and ack: decoding, the wait for the committer, detectors, the "
+            "sink's transaction and the outbox (guardstream_sink_batch_phase_seconds splits it)",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.batch_phase = Histogram(
+            "guardstream_sink_batch_phase_seconds",
+            "Where a batch's time goes: decode (per fetched batch: decoding and observing its events), wait (in "
+            "the commit queue behind the commit in flight), detect (detectors, sweep and the batch's tables), sink "
+            "(the DuckDB transaction, or the writer's), publish (alerts from the outbox and the ack), per commit",
+            ["phase"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        for phase in BATCH_PHASES:  # every series from the start, so rates and quantiles see all five
+            self.batch_phase.labels(phase)
         self.batch_events = Histogram(
             "guardstream_sink_batch_size_events",
             "Messages per committed batch",

@@ -10,6 +10,7 @@ is counted as a duplicate, so a crash, a restart or a full replay never loses or
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,9 @@ class Outcome:
     category_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # stage, category, outcome
     # stage, guardrail, decision, peak category (whose AI 600-1 risk labels the decision)
     decision_counts: Counter[tuple[str, str, str, str | None]] = field(default_factory=Counter)
+    # where the commit's time went, over every attempt of the batch (the detectors start over after a refusal)
+    detect_seconds: float = 0.0  # detectors, sweep and the batch's tables
+    sink_seconds: float = 0.0  # the sink's transaction (DuckDB, or the writer over HTTP)
 
 
 class Sink(Protocol):
@@ -218,6 +222,7 @@ class Pipeline:
         failed = failed or {}
         touched = {item.message.partition for item in prepared.accepted} | set(prepared.offsets)
         known: set[str] = set()  # event ids the sink reported stored already
+        spent = [0.0, 0.0]  # detect, sink: over every attempt
         while True:
             outcome = Outcome(duplicates=prepared.repeated)
             batch = prepared.accepted
@@ -227,6 +232,8 @@ class Pipeline:
             # An exception from the sink leaves the detectors' state ahead of the store: the caller must
             # stop (the worker exits; a restart resumes from the checkpoint) or reload these partitions.
             applied = self._attempt(batch, prepared, failed, touched, outcome)
+            spent[0] += outcome.detect_seconds
+            spent[1] += outcome.sink_seconds
             if applied is None:  # a detector raised
                 self.reload(touched)
                 return Outcome(retry=outcome.retry)
@@ -244,6 +251,7 @@ class Pipeline:
                 return Outcome(fenced=applied.fenced)
             for partition, next_offset in prepared.offsets.items():
                 self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), next_offset)
+            outcome.detect_seconds, outcome.sink_seconds = spent
             return outcome
 
     def _attempt(
@@ -254,6 +262,7 @@ class Pipeline:
         touched: set[int],
         outcome: Outcome,
     ) -> Applied | None:
+        started = time.perf_counter()
         process = self.engine.process
         for item in batch:
             event = item.obs.event
@@ -271,6 +280,7 @@ class Pipeline:
                     item.message, "detector_error", f"{type(exc).__name__}: {exc}", event.event_id
                 )
         if outcome.retry:
+            outcome.detect_seconds = time.perf_counter() - started
             return None
         daily = _daily_table(batch, outcome.category_counts)
         outcome.changes.extend(self.engine.sweep())
@@ -280,21 +290,25 @@ class Pipeline:
         touched.update(p for p, _ in dirty.populations)
         touched.update(p for p, _ in dirty.alerts)
         decisions, layouts = self._decisions_table(batch) if batch else (None, None)
-        return self.store.apply(
-            Checkpoint(
-                topic=self.topic,
-                decisions=decisions,
-                layouts=layouts,
-                daily=daily,
-                expected={p: self.next_offsets.get(p, 0) for p in touched},
-                alerts=_alerts_table(dirty.alerts),
-                alert_changes=_changes_table(outcome.changes),
-                dead_letters=_dead_letters_table(self.topic, prepared.dead_letters + outcome.dead_letters),
-                users=dirty.users,
-                populations=[(p, blob, watermarks.get(p, 0)) for p, blob in dirty.populations],
-                offsets=prepared.offsets,
-            )
+        checkpoint = Checkpoint(
+            topic=self.topic,
+            decisions=decisions,
+            layouts=layouts,
+            daily=daily,
+            expected={p: self.next_offsets.get(p, 0) for p in touched},
+            alerts=_alerts_table(dirty.alerts),
+            alert_changes=_changes_table(outcome.changes),
+            dead_letters=_dead_letters_table(self.topic, prepared.dead_letters + outcome.dead_letters),
+            users=dirty.users,
+            populations=[(p, blob, watermarks.get(p, 0)) for p, blob in dirty.populations],
+            offsets=prepared.offsets,
         )
+        applying = time.perf_counter()
+        outcome.detect_seconds = applying - started
+        try:
+            return self.store.apply(checkpoint)
+        finally:
+            outcome.sink_seconds = time.perf_counter() - applying
 
     def reload(self, partitions: set[int]) -> None:
         """Back to the last committed checkpoint: the detectors' in-memory state of these partitions was

@@ -65,7 +65,8 @@ def test_series_count_is_flat_in_the_number_of_users(tmp_path: Path) -> None:
         batch = messages[i : i + 5000]
         prepared = pipeline.prepare(batch)
         outcome = pipeline.commit(prepared)
-        record_batch(metrics, batch, prepared.dead_letters, outcome, time.perf_counter(), time.time())
+        phases = {"wait": 0.001, "detect": outcome.detect_seconds, "sink": outcome.sink_seconds, "publish": 0.001}
+        record_batch(metrics, batch, prepared.dead_letters, outcome, time.perf_counter(), time.time(), phases)
     top = metrics.observe_open_alerts(pipeline.engine.alerts())
     pipeline.store.close()
     with_1k_users = series(registry)
@@ -82,6 +83,7 @@ def test_series_count_is_flat_in_the_number_of_users(tmp_path: Path) -> None:
         Outcome(category_counts=Counter({("input", f"made-up-category-{i}", "hugging"): 1 for i in range(100_000)})),
         time.perf_counter(),
         time.time(),
+        {"wait": 0.0},
     )
     with_1m_users = series(registry)
     # 100k made-up category names fold into `other` once the cap (64 categories) is reached

@@ -207,6 +207,15 @@ def test_run_simulate_and_query_while_running(
     assert "guardstream_pipeline_decisions_total" in exposition
     assert "user_id" not in exposition and "u-0" not in exposition
     assert "guardstream_judge_disagreement_ratio{" in exposition, "the measurement-quality signal (MEASURE 2.13)"
+    phases = {
+        sample.labels["phase"]: sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "guardstream_sink_batch_phase_seconds_count"
+    }
+    assert set(phases) == {"decode", "wait", "detect", "sink", "publish"}, phases
+    assert all(count > 0 for count in phases.values()), "every phase of a commit is observed"
+    assert phases["detect"] == phases["sink"] == phases["publish"] == phases["wait"], "once per commit each"
     lags = [line for line in exposition.splitlines() if line.startswith("guardstream_consumer_lag_messages{")]
     assert lags and all(line.endswith(" 0.0") for line in lags), lags
     tool = promtool()
