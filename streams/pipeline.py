@@ -10,13 +10,13 @@ is counted as a duplicate, so a crash, a restart or a full replay never loses or
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from hashlib import md5
 from itertools import accumulate, chain
+from time import perf_counter
 from typing import Protocol
 
 import msgspec
@@ -113,7 +113,7 @@ class Outcome:
     category_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # stage, category, outcome
     # stage, guardrail, decision, peak category (whose AI 600-1 risk labels the decision)
     decision_counts: Counter[tuple[str, str, str, str | None]] = field(default_factory=Counter)
-    # where the commit's time went, over every attempt of the batch (the detectors start over after a refusal)
+    # where this commit call's time went, over every attempt (the detectors start over after a refusal)
     detect_seconds: float = 0.0  # detectors, sweep and the batch's tables
     sink_seconds: float = 0.0  # the sink's transaction (DuckDB, or the writer over HTTP)
 
@@ -236,7 +236,7 @@ class Pipeline:
             spent[1] += outcome.sink_seconds
             if applied is None:  # a detector raised
                 self.reload(touched)
-                return Outcome(retry=outcome.retry)
+                return Outcome(retry=outcome.retry, detect_seconds=spent[0], sink_seconds=spent[1])
             if applied.duplicates:
                 log.info("%d events of the batch were stored already: duplicates", len(applied.duplicates))
                 known.update(applied.duplicates)
@@ -248,7 +248,7 @@ class Pipeline:
                     ", ".join(f"{p} (stored offset {o})" for p, o in sorted(applied.fenced.items())),
                 )
                 self.reload(touched)
-                return Outcome(fenced=applied.fenced)
+                return Outcome(fenced=applied.fenced, detect_seconds=spent[0], sink_seconds=spent[1])
             for partition, next_offset in prepared.offsets.items():
                 self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), next_offset)
             outcome.detect_seconds, outcome.sink_seconds = spent
@@ -262,7 +262,7 @@ class Pipeline:
         touched: set[int],
         outcome: Outcome,
     ) -> Applied | None:
-        started = time.perf_counter()
+        started = perf_counter()
         process = self.engine.process
         for item in batch:
             event = item.obs.event
@@ -280,7 +280,7 @@ class Pipeline:
                     item.message, "detector_error", f"{type(exc).__name__}: {exc}", event.event_id
                 )
         if outcome.retry:
-            outcome.detect_seconds = time.perf_counter() - started
+            outcome.detect_seconds = perf_counter() - started
             return None
         daily = _daily_table(batch, outcome.category_counts)
         outcome.changes.extend(self.engine.sweep())
@@ -303,12 +303,12 @@ class Pipeline:
             populations=[(p, blob, watermarks.get(p, 0)) for p, blob in dirty.populations],
             offsets=prepared.offsets,
         )
-        applying = time.perf_counter()
+        applying = perf_counter()
         outcome.detect_seconds = applying - started
         try:
             return self.store.apply(checkpoint)
         finally:
-            outcome.sink_seconds = time.perf_counter() - applying
+            outcome.sink_seconds = perf_counter() - applying
 
     def reload(self, partitions: set[int]) -> None:
         """Back to the last committed checkpoint: the detectors' in-memory state of these partitions was

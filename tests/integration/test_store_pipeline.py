@@ -113,6 +113,27 @@ def test_duplicate_event_ids_at_new_offsets_count_once(tmp_path: Path, stream: l
     assert snapshot(db) == before
 
 
+def test_a_commit_reports_its_detector_and_sink_time_over_every_attempt(
+    tmp_path: Path, stream: list[Message], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What guardstream_sink_batch_phase_seconds shows: a batch refused once (its events stored already) and
+    committed again counts both attempts. A clock that ticks one second per reading keeps this untimed."""
+    import streams.pipeline
+
+    db = tmp_path / "t.duckdb"
+    p = pipeline(db)
+    process(p, stream[:500])
+    ticks = iter(range(1_000_000))
+    monkeypatch.setattr(streams.pipeline, "perf_counter", lambda: float(next(ticks)))
+    fresh = p.commit(p.prepare(stream[500:1000]))
+    assert (fresh.detect_seconds, fresh.sink_seconds) == (1.0, 1.0)  # one attempt: read, read, read, read
+    copies = [Message(m.partition, m.offset + 20_000_000, m.key, m.value, 0) for m in stream[:100]]
+    again = p.commit(p.prepare(copies))
+    p.store.close()
+    assert again.duplicates == 100
+    assert (again.detect_seconds, again.sink_seconds) == (2.0, 2.0)  # refused, then committed without them
+
+
 def test_a_restart_mid_stream_gives_the_same_result_as_one_run(tmp_path: Path, stream: list[Message]) -> None:
     one = tmp_path / "one.duckdb"
     p = pipeline(one)
