@@ -17,7 +17,6 @@ import contextlib
 import functools
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -433,7 +432,8 @@ def web_ssl_context(settings: Settings) -> Any:
     return context
 
 
-def create_app(settings: Settings, service: Service) -> faust.App:
+def create_app(settings: Settings, service: Service, datadir: str) -> faust.App:
+    """The Faust app; `datadir` is Faust's own scratch directory (the caller owns and removes it)."""
     set_fetch_max_wait(settings.fetch_max_wait_ms)
     if settings.faust_direct_delivery:
         deliver_without_race()
@@ -443,7 +443,7 @@ def create_app(settings: Settings, service: Service) -> faust.App:
         broker_credentials=faust_broker_credentials(settings),
         store="memory://",
         autodiscover=False,
-        datadir=tempfile.mkdtemp(prefix="guardstream-faust-"),
+        datadir=datadir,
         topic_partitions=settings.topic_partitions,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     asyncio.run(ensure_topics(settings))
     pipeline = build_pipeline(settings, sink)
     service = Service(settings, store, pipeline, Metrics())
-    app = create_app(settings, service)
+    datadir = tempfile.TemporaryDirectory(prefix="guardstream-faust-")
+    app = create_app(settings, service, datadir.name)
     service.heap.take_over()
     announce = service_file(settings.db) if store is not None else None
     if announce is not None:
@@ -88,3 +90,4 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
             with contextlib.suppress(OSError):
                 announce.unlink()
         sink.close()
+        datadir.cleanup()

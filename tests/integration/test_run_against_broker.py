@@ -310,3 +310,20 @@ def test_a_second_writer_gets_a_clear_error(settings: Settings, worker: tuple[su
     )
     assert second.returncode == 2
     assert "another process" in second.stderr and "Traceback" not in second.stderr
+
+
+def test_a_stopped_worker_leaves_no_scratch_directory(settings: Settings, tmp_path: Path) -> None:
+    """Faust's data directory is the worker's own scratch space: made at start, removed on SIGTERM."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        [*GUARDSTREAM, "run", "--web-port", str(port)], env={**env_for(settings), "TMPDIR": str(scratch)}
+    )
+    try:
+        wait_until(lambda: get_json(f"http://127.0.0.1:{port}/status")["partitions"], 90, "the worker to serve /status")
+        assert [p.name.startswith("guardstream-faust-") for p in scratch.iterdir()] == [True]
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    assert list(scratch.iterdir()) == []
