@@ -42,6 +42,8 @@ def env_for(settings: Settings) -> dict[str, str]:
         "GUARDSTREAM_ALERTS_TOPIC": settings.alerts_topic,
         "GUARDSTREAM_DLQ_TOPIC": settings.dlq_topic,
         "GUARDSTREAM_CONSUMER_GROUP": settings.consumer_group,
+        # scratch files beside the store: a worker a test kills with SIGKILL cannot remove its own
+        "TMPDIR": str(settings.db.parent),
     }
 
 
