@@ -24,6 +24,9 @@ import pyarrow.compute as pc
 VERDICTS = ("confirmed", "false_positive")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR_MS = 3_600_000
+# a decision's event-time hour and dedup key (see pipeline.event_key), in SQL over a batch's decisions
+_HOUR = f"(epoch_ms(ts) // {HOUR_MS})::INTEGER"
+_KEY = "md5_number_upper(event_id)"
 # decision_rows' columns, as the pipeline's Arrow batch names them
 _ROW_COLUMNS = (
     "event_id, ts, tenant, user_id, session_id, turn, request_id, stage, guardrail, guardrail_version, "
@@ -295,20 +298,17 @@ class Store:
         decisions: a 64-bit collision between two different events stores both."""
         conn = self.conn
         ts_ms = decisions.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
-        hour = pc.divide(ts_ms, HOUR_MS).cast(pa.int32())
+        hours = pc.unique(pc.divide(ts_ms, HOUR_MS).cast(pa.int32())).to_pylist()
+        # The keys are hashed in SQL, in the statements that use them: DuckDB does it without holding the GIL,
+        # which the worker's Python work needs, and each call into DuckDB is a GIL round trip of its own.
         conn.register("decisions_batch", decisions)
-        # the keys hashed in SQL: DuckDB does it without holding the GIL, which the worker's Python work needs
-        conn.register("batch_hours", pa.table({"hour": hour, "event_id": decisions.column("event_id")}))
-        keys = conn.sql("SELECT hour, md5_number_upper(event_id) AS event_key, event_id FROM batch_hours")
-        keys = keys.to_arrow_table()
-        conn.unregister("batch_hours")
-        conn.register("batch_keys", keys)
         try:
             hits = conn.execute(
-                "SELECT b.event_id, b.hour FROM batch_keys b SEMI JOIN ("
+                f"SELECT b.event_id, b.hour FROM (SELECT event_id, {_HOUR} AS hour, {_KEY} AS event_key "
+                "FROM decisions_batch) b SEMI JOIN ("
                 "  SELECT hour, event_key FROM event_keys WHERE hour IN (SELECT unnest(?::INTEGER[]))"
                 ") k USING (hour, event_key)",
-                [pc.unique(hour).to_pylist()],
+                [hours],
             ).fetchall()
             if hits:
                 found = sorted({int(hour) for _id, hour in hits})
@@ -322,11 +322,10 @@ class Store:
                     return {str(row[0]) for row in stored}
             if layouts is not None and layouts.num_rows:
                 self._insert_layouts(layouts)
-            conn.execute("INSERT INTO event_keys SELECT hour, event_key FROM batch_keys")
+            conn.execute(f"INSERT INTO event_keys SELECT {_HOUR}, {_KEY} FROM decisions_batch")
             conn.execute(f"INSERT INTO decision_rows BY NAME SELECT {_ROW_COLUMNS} FROM decisions_batch")
         finally:
             conn.unregister("decisions_batch")
-            conn.unregister("batch_keys")
         return set()
 
     def _insert_layouts(self, layouts: pa.Table) -> None:
