@@ -758,6 +758,42 @@ def bench_store(
         console.print(f"results written to {json_out}")
 
 
+@bench_app.command("commit")
+def bench_commit(
+    events: Annotated[int, typer.Option(min=100, help="simulated events to run through the commit path")] = 100_000,
+    batch: Annotated[str, typer.Option(help="comma-separated batch sizes, one run each")] = "1000,5000",
+    partitions: Annotated[int, typer.Option(min=1, help="partitions the events are keyed onto")] = 4,
+    seed: Annotated[int, typer.Option(help="simulator seed")] = 7,
+    model: Annotated[bool, typer.Option(help="train an anomaly model on another seed first, as `bench` does")] = True,
+    workdir: Annotated[Path | None, typer.Option(help="put the temporary DuckDB files here")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the results as JSON here")] = None,
+) -> None:
+    """Where the worker's commit path spends its time, in one thread, without Kafka: per phase (prepare, detect,
+    sink, settle), per detector, per table builder and per DuckDB statement, in µs per event."""
+    from streams.bench_commit import print_commit_report, run_commit_bench
+    from streams.output import report_console
+
+    sizes = _int_list(batch, "--batch")
+    if not sizes or min(sizes) < 1:
+        raise fail("--batch: give one or more batch sizes of at least 1, e.g. 1000,5000")
+    try:
+        result = run_commit_bench(
+            events=events,
+            batches=sizes,
+            partitions=partitions,
+            seed=seed,
+            model=model,
+            workdir=workdir,
+            console=console,
+        )
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    print_commit_report(result, report_console())
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"results written to {json_out}")
+
+
 @app.command(name="settings")
 def show_settings() -> None:
     """Show every setting with its current value (secrets hidden) and its environment variable."""

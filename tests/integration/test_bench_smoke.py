@@ -83,3 +83,38 @@ def test_bench_workers_mode_shares_one_store_through_the_writer(tmp_path: Path) 
         assert run["decisions"] == 2000, "every decision stored once across the workers"
     assert scaling["many"]["workers"] == 2
     assert sorted(p for owned in scaling["many"]["assignment"] for p in owned) == [0, 1, 2, 3]
+
+
+def test_bench_commit_breaks_the_commit_path_down(tmp_path: Path) -> None:
+    from detectors.registry import DetectorConfig, build_detectors
+
+    out = tmp_path / "commit.json"
+    args = ["--events", "2000", "--batch", "500,2000", "--no-model", "--workdir", str(tmp_path), "--json", str(out)]
+    result = bench("commit", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert [run["batch"] for run in data["runs"]] == [500, 2000]
+    for run in data["runs"]:
+        assert run["events"] == 2000 and run["batches"] == -(-2000 // run["batch"])
+        assert set(run["us_per_event"]) == {"prepare", "detect", "sink", "settle"}
+        assert run["events_per_second"] > 0 and run["us_per_event"]["detect"] > 0
+        items = {(item["phase"], item["item"]): item for item in run["items"]}
+        for detector in build_detectors(DetectorConfig()):
+            assert ("detect", f"detector {detector.name}") in items, detector.name
+        assert items[("sink", "COMMIT")]["calls"] == run["batches"], "one transaction per batch"
+        assert items[("sink", "INSERT INTO decision_rows")]["calls"] == run["batches"]
+        assert ("detect", "decisions table (Arrow)") in items
+    assert "commit path, batches of 500" in result.stdout
+    assert not list(tmp_path.glob("**/*.duckdb")), "the temporary stores are removed"
+
+    refused = bench("commit", "--batch", "0", cwd=tmp_path)
+    assert refused.returncode == 2 and "--batch" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_statement_labels_name_what_a_statement_touches() -> None:
+    from streams.bench_commit import statement_label
+
+    assert statement_label("INSERT INTO alerts BY NAME SELECT * FROM alerts_batch") == "INSERT INTO alerts"
+    assert statement_label("COMMIT") == "COMMIT" and statement_label("BEGIN TRANSACTION") == "BEGIN TRANSACTION"
+    dedup = "SELECT b.id FROM (SELECT id FROM decisions_batch) b SEMI JOIN (SELECT id FROM event_keys) k USING (id)"
+    assert statement_label(dedup) == "SELECT ... FROM decisions_batch, event_keys"
