@@ -159,6 +159,7 @@ class Service:
             async with self.lock:
                 await self.db(self.pipeline.assign, unassigned)
         prepared = self.pipeline.prepare(messages)
+        self.heap.staged()
         queued = time.perf_counter()
         self.metrics.batch_phase.labels("decode").observe(queued - started)
         await self.batches.put(Batch(messages, prepared, started, events, stream, queued))

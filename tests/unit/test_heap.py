@@ -100,3 +100,23 @@ def test_tick_settles_a_heap_that_no_batch_settled_for_idle_seconds() -> None:
     heap.settled_at -= 5
     heap.tick()
     assert garbage() is None
+
+
+def test_a_staged_batch_is_frozen_so_the_collection_after_its_commit_does_not_walk_it() -> None:
+    heap = Heap(reclaim_seconds=0)
+    heap.take_over()
+    heap.settle()
+    queued = [cycle() for _ in range(100)]  # a decoded batch waiting for its commit
+    heap.staged()
+    assert all(gc.is_tracked(node) for node in queued) and gc.get_freeze_count() >= 200
+    assert not any(node in gc.get_objects(0) for node in queued[:3]), "no longer young: collections skip it"
+    garbage = weakref.ref(cycle())  # what the commit itself allocated and dropped
+    heap.settle()
+    assert garbage() is None
+    del queued
+
+
+def test_a_disabled_heap_does_not_freeze_staged_batches() -> None:
+    before = gc.get_freeze_count()
+    Heap(enabled=False).staged()
+    assert gc.get_freeze_count() == before
