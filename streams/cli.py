@@ -650,6 +650,13 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
+def _write_results(result: Any, json_out: Path | None) -> None:
+    """A benchmark's results as JSON to ``--json PATH``, when given."""
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"results written to {json_out}")
+
+
 @bench_app.callback()
 def bench(
     ctx: typer.Context,
@@ -714,9 +721,7 @@ def bench(
             raise fail(f"Kafka at {bootstrap or 'the embedded broker'}: {exc!r}") from exc
         raise
     print_report(result, report_console())
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"results written to {json_out}")
+    _write_results(result, json_out)
     if markdown:
         sys.stdout.write("\n" + markdown_report(result))
 
@@ -753,9 +758,7 @@ def bench_store(
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
     print_store_report(result, report_console())
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"results written to {json_out}")
+    _write_results(result, json_out)
 
 
 @bench_app.command("commit")
@@ -789,9 +792,7 @@ def bench_commit(
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
     print_commit_report(result, report_console())
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"results written to {json_out}")
+    _write_results(result, json_out)
 
 
 @app.command(name="settings")
