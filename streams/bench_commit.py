@@ -173,24 +173,18 @@ def run_pass(
     batch: int,
     partitions: int,
     workdir: Path,
-    model: AnomalyModel | None,
+    model: Path | None,
     *,
     instrument: bool,
 ) -> Timings:
     """Every message through a fresh pipeline and store, ``batch`` at a time, as a worker would commit them."""
-    import msgspec
-
-    from detectors.registry import build_engine
-    from streams.detector_config import load_detector_config
     from streams.heap import Heap
-    from streams.pipeline import Pipeline
     from streams.store import Store
+    from streams.worker import build_pipeline
 
-    settings = Settings()
-    config = load_detector_config(settings.detector_config, band=settings.hugging_band)
-    engine = build_engine(msgspec.structs.replace(config, anomaly_model=model))
+    settings = Settings().with_overrides(anomaly_model=model, decisions_topic="bench.commit")
     store = Store(workdir / f"commit-{batch}-{int(instrument)}.duckdb", checkpoint_threshold="256MB")
-    pipeline = Pipeline(store, engine, topic="bench.commit")
+    pipeline = build_pipeline(settings, store)  # the worker's detector config, model and pseudonym key
     pipeline.assign(set(range(partitions)))
     heap = Heap(reclaim_seconds=0)
     heap.take_over()
@@ -213,7 +207,6 @@ def run_pass(
                 heap.settle()
                 d = clock()
                 timings.phases["prepare"] += b - a
-                timings.phases["commit"] += c - b
                 timings.phases["settle"] += d - c
                 timings.batches += 1
             timings.seconds = clock() - started
@@ -268,7 +261,8 @@ def run_commit_bench(
     simulated, users = simulated_events(events, seed)
     messages = messages_of(simulated, partitions)
     say(f"[dim]{len(messages):,} simulated decisions from {users:,} users, {partitions} partitions[/dim]")
-    anomaly_model = None
+    anomaly_model: AnomalyModel | None = None
+    model_path: Path | None = None
     if model:
         from streams.evaluate import train_model
         from streams.simulator import SimConfig
@@ -286,9 +280,14 @@ def run_commit_bench(
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="guardstream-bench-commit-", dir=workdir) as tmp:
+        if anomaly_model is not None:
+            from streams.train import save
+
+            model_path = Path(tmp) / "anomaly.joblib"
+            save(anomaly_model, model_path)
         for batch in batches:
-            plain = run_pass(messages, batch, partitions, Path(tmp), anomaly_model, instrument=False)
-            timed = run_pass(messages, batch, partitions, Path(tmp), anomaly_model, instrument=True)
+            plain = run_pass(messages, batch, partitions, Path(tmp), model_path, instrument=False)
+            timed = run_pass(messages, batch, partitions, Path(tmp), model_path, instrument=True)
             run = summarize(plain, timed, batch)
             result["runs"].append(run)
             say(f"batch {batch:,}: {run['events_per_second']:,.0f} events/s in one thread")
