@@ -302,38 +302,48 @@ class Store:
 
     def insert_decisions(self, decisions: pa.Table, layouts: pa.Table | None = None) -> set[str]:
         """Insert the batch's decisions (and layouts), unless some are stored already: then insert nothing and
-        return their event ids (the caller rolls back and starts the batch over without them).
+        return their event ids (the caller rolls back and starts the batch over without them). It must be the
+        first write of its transaction: finding a stored key restarts the transaction.
 
         The check needs no index: the batch's keys are joined with ``event_keys`` of the event-time hours the
         batch touches, which DuckDB reads by zone map (the keys are appended in arrival order, so an hour's
-        keys sit in a row group or two). A key found there is confirmed by event_id in that hour's
-        decisions: a 64-bit collision between two different events stores both."""
+        keys sit in a row group or two). The batch's keys go in by the same statement, those not found there:
+        one hash per key and one statement. If any was found, the transaction starts over and the keys found
+        are confirmed by event_id in their hours' decisions (a 64-bit collision between two different events
+        stores both)."""
         conn = self.conn
         ts_ms = decisions.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
         hours = pc.unique(pc.divide(ts_ms, HOUR_MS).cast(pa.int32())).to_pylist()
         # The keys are hashed in SQL, in the statements that use them: DuckDB does it without holding the GIL,
         # which the worker's Python work needs, and each call into DuckDB is a GIL round trip of its own.
         decisions_batch = decisions  # noqa: F841 (read by the statements below: see __init__)
-        hits = conn.execute(
-            f"SELECT b.event_id, b.hour FROM (SELECT event_id, {_HOUR} AS hour, {_KEY} AS event_key "
-            "FROM decisions_batch) b SEMI JOIN ("
-            "  SELECT hour, event_key FROM event_keys WHERE hour IN (SELECT unnest(?::INTEGER[]))"
-            ") k USING (hour, event_key)",
+        stored_hours = "SELECT hour, event_key FROM event_keys WHERE hour IN (SELECT unnest(?::INTEGER[]))"
+        batch_keys = f"SELECT event_id, {_HOUR} AS hour, {_KEY} AS event_key FROM decisions_batch"
+        row = conn.execute(
+            f"INSERT INTO event_keys SELECT b.hour, b.event_key FROM ({batch_keys}) b "
+            f"ANTI JOIN ({stored_hours}) k USING (hour, event_key)",
             [hours],
-        ).fetchall()
-        if hits:
-            found = sorted({int(hour) for _id, hour in hits})
-            stored = conn.execute(
-                "SELECT DISTINCT event_id FROM decision_rows "
-                "WHERE ts >= to_timestamp(?::BIGINT * 3600) AND ts < to_timestamp(?::BIGINT * 3600) "
-                "AND event_id IN (SELECT unnest(?::VARCHAR[]))",
-                [found[0], found[-1] + 1, [event_id for event_id, _hour in hits]],
+        ).fetchone()
+        if row is None or row[0] != decisions.num_rows:  # a key was stored already: the rare way, in two steps
+            self.rollback()
+            self.begin()
+            hits = conn.execute(
+                f"SELECT b.event_id, b.hour FROM ({batch_keys}) b SEMI JOIN ({stored_hours}) k USING (hour, event_key)",
+                [hours],
             ).fetchall()
-            if stored:
-                return {str(row[0]) for row in stored}
+            if hits:
+                found = sorted({int(hour) for _id, hour in hits})
+                stored = conn.execute(
+                    "SELECT DISTINCT event_id FROM decision_rows "
+                    "WHERE ts >= to_timestamp(?::BIGINT * 3600) AND ts < to_timestamp(?::BIGINT * 3600) "
+                    "AND event_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [found[0], found[-1] + 1, [event_id for event_id, _hour in hits]],
+                ).fetchall()
+                if stored:
+                    return {str(row[0]) for row in stored}
+            conn.execute(f"INSERT INTO event_keys SELECT {_HOUR}, {_KEY} FROM decisions_batch")
         if layouts is not None and layouts.num_rows:
             self._insert_layouts(layouts)
-        conn.execute(f"INSERT INTO event_keys SELECT {_HOUR}, {_KEY} FROM decisions_batch")
         conn.execute(f"INSERT INTO decision_rows BY NAME SELECT {_ROW_COLUMNS} FROM decisions_batch")
         return set()
 
