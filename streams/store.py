@@ -34,6 +34,11 @@ _ROW_COLUMNS = (
     "hugging_categories, blocked_categories, judge_name, judge_verdict, judge_score, model, latency_ms, "
     "input_chars, output_chars, kafka_partition, kafka_offset, ingested_at"
 )
+# what the outbox publishes of an alert change (a row of Store.unpublished_changes)
+_OUTBOX_COLUMNS = (
+    "change_id, alert_id, change, ts, tenant, user_id, detector, category, status, severity, score, reason, "
+    "evidence, action, episode"
+)
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
 
 
@@ -209,6 +214,10 @@ class Store:
         self.conn.execute("SET python_enable_replacements = true")
         migrate(self.conn, upto)
         self._offsets: dict[str, dict[int, int]] = {}  # topic -> partition -> next_offset, as this writer stored it
+        # The outbox's unpublished changes, change_id -> row: read once by the first unpublished_changes(), then
+        # kept as commits add rows (from the insert's RETURNING) and mark_published takes them out, so publishing
+        # after each commit neither scans alert_changes for them nor marks them by a scan of the whole table.
+        self._outbox: dict[str, dict[str, Any]] | None = None
         self._layouts: set[int] = set()
         if upto is None or upto >= 3:  # score_layouts came with migration 003
             stored = self.conn.execute("SELECT layout_key FROM score_layouts").fetchall()
@@ -368,6 +377,7 @@ class Store:
     def finish(self, cp: Checkpoint) -> None:
         """Write the rest of the checkpoint and commit. On any error the whole batch rolls back."""
         conn = self.conn
+        added: list[dict[str, Any]] = []  # the alert changes this commit stores (the outbox's new rows)
         # the batch's tables are read by name from this frame's locals (replacement scans: see __init__)
         if cp.alerts is not None and cp.alerts.num_rows:
             alerts_batch = cp.alerts  # noqa: F841
@@ -378,7 +388,12 @@ class Store:
             )
         if cp.alert_changes is not None and cp.alert_changes.num_rows:
             changes_batch = cp.alert_changes  # noqa: F841
-            conn.execute("INSERT INTO alert_changes BY NAME SELECT * FROM changes_batch ON CONFLICT DO NOTHING")
+            cursor = conn.execute(
+                "INSERT INTO alert_changes BY NAME SELECT * FROM changes_batch ON CONFLICT DO NOTHING "
+                f"RETURNING {_OUTBOX_COLUMNS}"
+            )
+            names = [d[0] for d in cursor.description or []]
+            added = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         if cp.dead_letters is not None and cp.dead_letters.num_rows:
             dlq_batch = cp.dead_letters  # noqa: F841
             conn.execute("INSERT INTO dead_letters BY NAME SELECT * FROM dlq_batch ON CONFLICT DO NOTHING")
@@ -420,6 +435,8 @@ class Store:
         if known is not None:
             for partition, offset in cp.offsets.items():
                 known[partition] = max(known.get(partition, offset), offset)
+        if self._outbox is not None:
+            self._outbox.update((row["change_id"], row) for row in added)
         self._layouts |= self._new_layouts
         self._new_layouts.clear()
 
@@ -455,16 +472,28 @@ class Store:
             self.conn.execute("ROLLBACK")
 
     def unpublished_changes(self) -> list[dict[str, Any]]:
-        cursor = self.conn.execute(
-            "SELECT change_id, alert_id, change, ts, tenant, user_id, detector, category, status, severity, "
-            "score, reason, evidence, action, episode FROM alert_changes WHERE NOT published ORDER BY ts, change_id"
-        )
-        names = [d[0] for d in cursor.description or []]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        """The outbox: alert changes committed and not yet acknowledged by the alerts topic, oldest first."""
+        if self._outbox is None:
+            cursor = self.conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM alert_changes WHERE NOT published")
+            names = [d[0] for d in cursor.description or []]
+            self._outbox = {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+        return sorted(self._outbox.values(), key=lambda row: (row["ts"], row["change_id"]))
 
     def mark_published(self, change_ids: Sequence[str]) -> None:
-        if change_ids:
+        if not change_ids:
+            return
+        rows = [self._outbox.get(i) for i in change_ids] if self._outbox is not None else []
+        if rows and all(row is not None for row in rows):
+            # alert_changes is appended in commit order, about event time: the bound skips older row groups
+            oldest = min(row["ts"] for row in rows if row is not None)
+            self.conn.execute(
+                "UPDATE alert_changes SET published = true WHERE ts >= ? AND change_id IN ?", [oldest, list(change_ids)]
+            )
+        else:
             self.conn.execute("UPDATE alert_changes SET published = true WHERE change_id IN ?", [list(change_ids)])
+        if self._outbox is not None:
+            for change_id in change_ids:
+                self._outbox.pop(change_id, None)
 
     def record_verdict(self, alert_id: str, verdict: str, analyst: str | None, note: str | None) -> str:
         """Store an analyst's verdict on an alert (the latest one wins); returns the alert's detector."""

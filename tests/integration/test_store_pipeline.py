@@ -460,3 +460,29 @@ def test_a_layout_inserted_by_a_rolled_back_batch_is_inserted_again(tmp_path: Pa
     # the decisions view joins every row to its layout
     assert store.conn.execute("SELECT count(*) FROM decisions").fetchone() == (decisions.num_rows,)
     store.close()
+
+
+def test_the_outbox_and_offsets_the_store_keeps_equal_what_it_stored(tmp_path: Path, stream: list[Message]) -> None:
+    """The store keeps its unpublished alert changes and the offsets it committed instead of querying them per
+    commit: at every step they must equal what a fresh store reads from the file."""
+    db = tmp_path / "outbox.duckdb"
+    p = pipeline(db)
+    store = p.store
+    assert isinstance(store, Store)
+    assert store.unpublished_changes() == []  # read once, then kept
+    valid = [m for m in stream if m.offset < 10_000_000]
+    published: list[str] = []
+    for i in range(0, len(valid), 700):
+        p.commit(p.prepare(valid[i : i + 700]))
+        pending = store.unpublished_changes()
+        store.mark_published([c["change_id"] for c in pending[::2]])  # half of them, as if the rest were not acked
+        published += [c["change_id"] for c in pending[::2]]
+    kept, offsets = store.unpublished_changes(), store.offsets(TOPIC)
+    store.close()
+    assert published and kept
+    fresh = Store(db)
+    assert fresh.unpublished_changes() == kept
+    assert fresh.offsets(TOPIC) == offsets
+    flags = dict(fresh.conn.execute("SELECT change_id, published FROM alert_changes").fetchall())
+    assert {i for i, done in flags.items() if done} == set(published)
+    fresh.close()
