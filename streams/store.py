@@ -218,6 +218,9 @@ class Store:
         # kept as commits add rows (from the insert's RETURNING) and mark_published takes them out, so publishing
         # after each commit neither scans alert_changes for them nor marks them by a scan of the whole table.
         self._outbox: dict[str, dict[str, Any]] | None = None
+        # Partitions with a population_state row (seen by population() or committed here): their rows take an
+        # UPDATE, ~0.6 ms less than DuckDB's ON CONFLICT on these few-row tables; the offsets likewise.
+        self._populations: set[int] = set()
         self._layouts: set[int] = set()
         if upto is None or upto >= 3:  # score_layouts came with migration 003
             stored = self.conn.execute("SELECT layout_key FROM score_layouts").fetchall()
@@ -247,7 +250,10 @@ class Store:
         row = self.conn.execute(
             "SELECT state, watermark_ms FROM population_state WHERE kafka_partition = ?", [partition]
         ).fetchone()
-        return (bytes(row[0]), int(row[1])) if row else (None, 0)
+        if row is None:
+            return None, 0
+        self._populations.add(partition)
+        return bytes(row[0]), int(row[1])
 
     def alert_rows(self, partition: int) -> list[dict[str, Any]]:
         cursor = self.conn.execute(
@@ -419,11 +425,26 @@ class Store:
                     "watermark_ms": pa.array([p[2] for p in cp.populations], pa.int64()),
                 }
             )
+            if self._populations.issuperset(p[0] for p in cp.populations):
+                conn.execute(
+                    "UPDATE population_state SET state = b.state, watermark_ms = b.watermark_ms "
+                    "FROM populations_batch b WHERE population_state.kafka_partition = b.kafka_partition"
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO population_state BY NAME SELECT * FROM populations_batch "
+                    "ON CONFLICT (kafka_partition) "
+                    "DO UPDATE SET state = excluded.state, watermark_ms = excluded.watermark_ms"
+                )
+        known = self._offsets.get(cp.topic)
+        if cp.offsets and known is not None and all(p in known for p in cp.offsets):
             conn.execute(
-                "INSERT INTO population_state BY NAME SELECT * FROM populations_batch ON CONFLICT (kafka_partition) "
-                "DO UPDATE SET state = excluded.state, watermark_ms = excluded.watermark_ms"
+                "UPDATE consumer_offsets SET next_offset = greatest(consumer_offsets.next_offset, v.next_offset), "
+                "updated_at = now() FROM (SELECT unnest(?::INTEGER[]) AS kafka_partition, unnest(?::BIGINT[]) "
+                "AS next_offset) v WHERE topic = ? AND consumer_offsets.kafka_partition = v.kafka_partition",
+                [list(cp.offsets), list(cp.offsets.values()), cp.topic],
             )
-        if cp.offsets:
+        elif cp.offsets:
             conn.execute(
                 "INSERT INTO consumer_offsets SELECT ?, unnest(?::INTEGER[]), unnest(?::BIGINT[]), now() "
                 "ON CONFLICT (topic, kafka_partition) "
@@ -431,7 +452,7 @@ class Store:
                 [cp.topic, list(cp.offsets), list(cp.offsets.values())],
             )
         conn.execute("COMMIT")
-        known = self._offsets.get(cp.topic)
+        self._populations.update(p[0] for p in cp.populations)
         if known is not None:
             for partition, offset in cp.offsets.items():
                 known[partition] = max(known.get(partition, offset), offset)
