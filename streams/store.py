@@ -139,6 +139,9 @@ def run_read_only(conn: duckdb.DuckDBPyConnection, sql: str, params: QueryParams
     check_read_only(sql)
     cursor = conn.cursor()
     try:
+        # a name that is no table must not resolve to a Python object of this process (DuckDB's replacement scans,
+        # which the writer's connection uses for its own batches)
+        cursor.execute("SET python_enable_replacements = false")
         cursor.execute("BEGIN TRANSACTION")
         try:
             statements = duckdb.extract_statements(sql)

@@ -151,6 +151,9 @@ def test_a_restart_mid_stream_gives_the_same_result_as_one_run(tmp_path: Path, s
 def test_the_query_path_is_read_only(tmp_path: Path) -> None:
     store = Store(tmp_path / "q.duckdb")
     assert run_read_only(store.conn, "SELECT count(*) AS n FROM decisions").to_pylist() == [{"n": 0}]
+    # the writer reads its batches from Python variables by name; a query never does
+    setting = run_read_only(store.conn, "SELECT current_setting('python_enable_replacements') AS on").to_pylist()
+    assert setting == [{"on": False}]
     for sql in (
         "INSERT INTO alerts VALUES (1)",
         "DROP TABLE decisions",
