@@ -156,6 +156,12 @@ def run_read_only(conn: duckdb.DuckDBPyConnection, sql: str, params: QueryParams
     return result
 
 
+def _dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """A query's rows as dicts keyed by column name."""
+    names = [d[0] for d in cursor.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
 @dataclass(slots=True)
 class Checkpoint:
     """Everything one batch changes, written atomically: data, state and the offsets it covers.
@@ -266,8 +272,7 @@ class Store:
             "FROM alerts WHERE kafka_partition = ?",
             [partition],
         )
-        names = [d[0] for d in cursor.description or []]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return _dicts(cursor)
 
     def user_states(self, partition: int) -> Iterable[tuple[str, str, bytes]]:
         cursor = self.conn.execute(
@@ -401,8 +406,7 @@ class Store:
                 "INSERT INTO alert_changes BY NAME SELECT * FROM changes_batch ON CONFLICT DO NOTHING "
                 f"RETURNING {_OUTBOX_COLUMNS}"
             )
-            names = [d[0] for d in cursor.description or []]
-            added = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            added = _dicts(cursor)
         if cp.dead_letters is not None and cp.dead_letters.num_rows:
             dlq_batch = cp.dead_letters  # noqa: F841
             conn.execute("INSERT INTO dead_letters BY NAME SELECT * FROM dlq_batch ON CONFLICT DO NOTHING")
@@ -499,17 +503,17 @@ class Store:
         """The outbox: alert changes committed and not yet acknowledged by the alerts topic, oldest first."""
         if self._outbox is None:
             cursor = self.conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM alert_changes WHERE NOT published")
-            names = [d[0] for d in cursor.description or []]
-            self._outbox = {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+            self._outbox = {row["change_id"]: row for row in _dicts(cursor)}
         return sorted(self._outbox.values(), key=lambda row: (row["ts"], row["change_id"]))
 
     def mark_published(self, change_ids: Sequence[str]) -> None:
         if not change_ids:
             return
-        rows = [self._outbox.get(i) for i in change_ids] if self._outbox is not None else []
-        if rows and all(row is not None for row in rows):
+        outbox = self._outbox or {}
+        times = [row["ts"] for i in change_ids if (row := outbox.get(i)) is not None]
+        if len(times) == len(change_ids):
             # alert_changes is appended in commit order, about event time: the bound skips older row groups
-            oldest = min(row["ts"] for row in rows if row is not None)
+            oldest = min(times)
             self.conn.execute(
                 "UPDATE alert_changes SET published = true WHERE ts >= ? AND change_id IN ?", [oldest, list(change_ids)]
             )
