@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from streams.pipeline import Message, Pipeline
 
 DEFAULT_EVENTS = 100_000
-DEFAULT_BATCHES = (1000, 5000)
+DEFAULT_BATCHES = (1000, 10_000)  # the second is the worker's batch_max_events
 PHASES = ("prepare", "detect", "sink", "settle")
 
 

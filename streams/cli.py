@@ -764,7 +764,7 @@ def bench_store(
 @bench_app.command("commit")
 def bench_commit(
     events: Annotated[int, typer.Option(min=100, help="simulated events to run through the commit path")] = 100_000,
-    batch: Annotated[str, typer.Option(help="comma-separated batch sizes, one run each")] = "1000,5000",
+    batch: Annotated[str, typer.Option(help="comma-separated batch sizes, one run each")] = "1000,10000",
     partitions: Annotated[int, typer.Option(min=1, help="partitions the events are keyed onto")] = 4,
     seed: Annotated[int, typer.Option(help="simulator seed")] = 7,
     model: Annotated[bool, typer.Option(help="train an anomaly model on another seed first, as `bench` does")] = True,
@@ -778,7 +778,7 @@ def bench_commit(
 
     sizes = _int_list(batch, "--batch")
     if not sizes or min(sizes) < 1:
-        raise fail("--batch: give one or more batch sizes of at least 1, e.g. 1000,5000")
+        raise fail("--batch: give one or more batch sizes of at least 1, e.g. 1000,10000")
     try:
         result = run_commit_bench(
             events=events,
