@@ -69,6 +69,7 @@ SETTLE_SECONDS = 3.0  # a group's assignment must stay unchanged this long to co
 MIN_WINDOW_SHARE = 0.2  # scaling runs measure after the group settled if at least this share of the events is left
 LOG_TAIL_LINES = 15
 PROGRESS_EVERY = 2000  # children report their count every this many events
+PRODUCE_TICK_SECONDS = 0.02  # the latency phase's producer sends what is due once per tick (the producer's linger)
 
 
 class BenchError(RuntimeError):
@@ -100,6 +101,15 @@ def peak_rss_bytes(pid: int | str = "self") -> int | None:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return None
+
+
+def cpu_seconds(pid: int | str = "self") -> float | None:
+    """User + system CPU time a live process has used so far, from /proc; None where /proc has no such process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -265,6 +275,7 @@ class _Run:
     run_id: str
     console: Console
     model_args: list[str] = field(default_factory=list)
+    broker_pid: int | None = None  # the embedded broker's, for its CPU in the latency phase
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
 
@@ -643,37 +654,67 @@ def _counted(status: dict[str, Any]) -> int:
 async def _paced_produce(
     settings: Settings, topic: str, events: Sequence[dict[str, Any]], rate: float, advance: Callable[[int], None]
 ) -> dict[int, int]:
-    """Send ``events`` at ``rate`` per second, each with ``ts`` = the wall clock when it is sent."""
+    """Send ``events`` at ``rate`` per second, each with ``ts`` = the wall clock when it is sent.
+
+    The producer shares the machine's cores with the worker it measures, so it does as little per event as it
+    can: every event is encoded once beforehand around a stand-in for ``ts`` and its partition is the one
+    ``send()`` would pick for its key (murmur2, worked out once per user); each tick's events then go out as one
+    record batch per partition, a tick every :data:`PRODUCE_TICK_SECONDS` (as a producer's linger would batch
+    them; ``ts`` is still each event's send time). One ``send()`` and one ``orjson.dumps`` per event, in ticks as
+    short as the next event's due time, took ~0.35 of a core at 9,000 events/s: CPU the worker under test did not
+    get."""
     import orjson
+    from aiokafka.partitioner import DefaultPartitioner
 
     from streams.broker import producer
     from streams.simulator import format_ts
 
+    stand_in = b'"@@ts@@"'
     targets: dict[int, int] = {}
-    pending: list[asyncio.Future[Any]] = []
+    pending: list[tuple[asyncio.Future[Any], int]] = []
 
     def settle(block: bool) -> None:
-        while pending and (block or pending[0].done()):
-            metadata = pending.pop(0).result()
-            targets[metadata.partition] = max(targets.get(metadata.partition, 0), metadata.offset + 1)
+        while pending and (block or pending[0][0].done()):
+            future, count = pending.pop(0)
+            metadata = future.result()
+            targets[metadata.partition] = max(targets.get(metadata.partition, 0), metadata.offset + count)
 
     async with producer(settings, linger_ms=2) as prod:
+        partitions = sorted(await prod.partitions_for(topic))
+        partition_of: dict[bytes, int] = {}
+        encoded: list[tuple[int, bytes, bytes, bytes]] = []  # partition, key, value before ts, value after ts
+        for event in events:
+            key = event["user_id"].encode()
+            partition = partition_of.get(key)
+            if partition is None:
+                partition = partition_of[key] = DefaultPartitioner()(key, partitions, partitions)
+            head, tail = orjson.dumps({**event, "ts": "@@ts@@"}).split(stand_in)
+            encoded.append((partition, key, head + b'"', b'"' + tail))
         started = time.perf_counter()
         sent = 0
-        while sent < len(events):
-            due = min(len(events), int((time.perf_counter() - started) * rate) + 1)
+        while sent < len(encoded):
+            now = time.perf_counter() - started
+            due = min(len(encoded), int(now * rate) + 1)
             if due <= sent:
-                await asyncio.sleep(max(0.0, min(0.005, (sent + 1) / rate - (time.perf_counter() - started))))
+                await asyncio.sleep(max(0.0, (sent + 1) / rate - now))
                 continue
-            ts = format_ts(datetime.now(UTC))
-            for event in events[sent:due]:
-                value = orjson.dumps({**event, "ts": ts})
-                pending.append(await prod.send(topic, key=event["user_id"].encode(), value=value))
+            ts = format_ts(datetime.now(UTC)).encode()
+            batches: dict[int, tuple[Any, int]] = {}
+            for partition, key, head, tail in encoded[sent:due]:
+                batch, count = batches.get(partition) or (prod.create_batch(), 0)
+                if batch.append(key=key, value=head + ts + tail, timestamp=None) is None:  # full: send it
+                    pending.append((await prod.send_batch(batch, topic, partition=partition), count))
+                    batch, count = prod.create_batch(), 0
+                    batch.append(key=key, value=head + ts + tail, timestamp=None)
+                batches[partition] = (batch, count + 1)
+            for partition, (batch, count) in batches.items():
+                pending.append((await prod.send_batch(batch, topic, partition=partition), count))
             advance(due - sent)
             sent = due
             settle(block=False)
+            await asyncio.sleep(PRODUCE_TICK_SECONDS)  # what is due by then goes out together, as a linger would
         await prod.flush()
-        await asyncio.gather(*pending)
+        await asyncio.gather(*(future for future, _count in pending))
         settle(block=True)
     return targets
 
@@ -737,6 +778,13 @@ def _run_latency(run: _Run, events: Sequence[dict[str, Any]], rate: float, basis
     try:
         group.wait_started()
         group.wait_settled(run.settings.topic_partitions)
+        # who used the machine's cores while the events were produced and processed: the worker under test, the
+        # benchmark's own producer (this process) and the embedded broker
+        pids = {"worker": [w.proc.pid for w in group.workers], "producer": [os.getpid()]}
+        if run.broker_pid is not None:
+            pids["broker"] = [run.broker_pid]
+        cpu_before = {who: [cpu_seconds(p) for p in ps] for who, ps in pids.items()}
+        began = time.perf_counter()
         with _bar(run.console) as progress:
             sent = progress.add_task(f"produce at {rate:,.0f}/s, ts = now", total=len(events))
             targets = asyncio.run(
@@ -744,6 +792,11 @@ def _run_latency(run: _Run, events: Sequence[dict[str, Any]], rate: float, basis
             )
             task = progress.add_task("pipeline", total=len(events))
             statuses = group.wait_done(targets, progress, task)
+        elapsed = time.perf_counter() - began
+        cores = {}
+        for who, ps in pids.items():
+            used = sum((cpu_seconds(p) or 0.0) - (b or 0.0) for p, b in zip(ps, cpu_before[who], strict=True))
+            cores[who] = round(used / elapsed, 3)
         expected = sum(s["counts"].get("alert_changes", 0) for s in statuses)
         records = asyncio.run(_read_alerts(run.settings, group.alerts_topic, expected))
     finally:
@@ -756,6 +809,7 @@ def _run_latency(run: _Run, events: Sequence[dict[str, Any]], rate: float, basis
         "alert_changes": len(records),
         "changes": changes,
         "alerts": len(latencies),
+        "cores": cores,  # CPU seconds per second while producing and processing, by process
     }
     if latencies:
         result.update(
@@ -822,15 +876,16 @@ def workspace(workdir: Path | None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _broker(bootstrap: str | None, console: Console) -> Iterator[str]:
+def _broker(bootstrap: str | None, console: Console) -> Iterator[tuple[str, int | None]]:
+    """The bootstrap address, and the broker's pid when the bench started it."""
     if bootstrap is not None:
-        yield bootstrap
+        yield bootstrap, None
         return
     from streams.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         console.print(f"[bold]embedded broker[/bold] tansu on {broker.bootstrap} (memory storage)")
-        yield broker.bootstrap
+        yield broker.bootstrap, broker.process.pid if broker.process is not None else None
 
 
 def _delete_topics(settings: Settings, topics: list[str]) -> None:
@@ -906,9 +961,11 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     latency_wanted = options.latency and ("c" in options.only or options.latency_rate is not None)
     if options.latency and not latency_wanted:
         console.print("[dim]no latency phase: it runs at half of c's throughput (add c, or give --latency-rate)[/dim]")
-    with workspace(options.workdir) as workdir, _broker(options.bootstrap, console) as bootstrap:
+    with workspace(options.workdir) as workdir, _broker(options.bootstrap, console) as (bootstrap, broker_pid):
         settings = Settings().with_overrides(bootstrap=bootstrap, topic_partitions=options.partitions)
-        run = _Run(settings=settings, workdir=workdir, run_id=uuid.uuid4().hex[:8], console=console)
+        run = _Run(
+            settings=settings, workdir=workdir, run_id=uuid.uuid4().hex[:8], console=console, broker_pid=broker_pid
+        )
         try:
             if "c" in options.only or latency_wanted:
                 _train_model(run, users, options.seed)
@@ -1062,9 +1119,12 @@ def _latency_line(latency: dict[str, Any]) -> str:
     )
     if not latency["alerts"]:
         return head + "no alerts were raised, so no latency to report"
+    cores = latency.get("cores") or {}
+    used = ", ".join(f"{who} {share:.2f}" for who, share in cores.items())
     return head + (
         f"p50 {latency['p50_ms']:,.0f} ms, p95 {latency['p95_ms']:,.0f} ms, p99 {latency['p99_ms']:,.0f} ms, "
         f"max {latency['max_ms']:,.0f} ms over {latency['alerts']:,} alert changes"
+        + (f"; cores used meanwhile: {used}" if used else "")
     )
 
 

@@ -4,13 +4,23 @@ read exactly what was produced, and the report must hold together."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.bench import _paced_produce
+from streams.broker import client_kwargs, ensure_topics
+from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 GUARDSTREAM = [sys.executable, "-m", "streams.cli"]
@@ -45,6 +55,8 @@ def test_bench_measures_every_variant_on_the_same_data(tmp_path: Path) -> None:
     if latency["alerts"]:
         assert latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
         assert latency["min_ms"] > -1000, "alert timestamps are publish times, after the events they report"
+    assert set(latency["cores"]) == {"worker", "producer", "broker"}, "who used the CPU during the latency phase"
+    assert all(share >= 0 for share in latency["cores"].values())
 
     assert "guardstream bench" in result.stdout
     assert "| variant | what | events/s | c ÷ this | peak RSS |" in result.stdout
@@ -118,3 +130,52 @@ def test_statement_labels_name_what_a_statement_touches() -> None:
     assert statement_label("COMMIT") == "COMMIT" and statement_label("BEGIN TRANSACTION") == "BEGIN TRANSACTION"
     dedup = "SELECT b.id FROM (SELECT id FROM decisions_batch) b SEMI JOIN (SELECT id FROM event_keys) k USING (id)"
     assert statement_label(dedup) == "SELECT ... FROM decisions_batch, event_keys"
+
+
+def test_the_latency_phase_sends_every_event_once_where_send_would_with_its_send_time(settings: Settings) -> None:
+    """The paced producer encodes ahead and sends record batches per partition: each event must still arrive once,
+    on the partition its key hashes to, with ``ts`` the time it was sent, and the offsets it reports must be the
+    topic's end (the pipeline is waited for up to them)."""
+    events = [
+        {"event_id": f"e-{i}", "ts": "2020-01-01T00:00:00.000Z", "user_id": f"u-{i % 37}", "note": '"@@ts@@" stays'}
+        for i in range(3000)
+    ]
+    topic = settings.decisions_topic
+    asyncio.run(ensure_topics(settings, [topic]))
+    advanced: list[int] = []
+    before = datetime.now(UTC)
+    targets = asyncio.run(_paced_produce(settings, topic, events, 20_000, advanced.append))
+    after = datetime.now(UTC)
+    assert sum(advanced) == len(events)
+    assert sum(targets.values()) == len(events), targets
+
+    async def read_back() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic, **client_kwargs(settings), auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        try:
+            records: list[Any] = []
+            while len(records) < len(events):
+                batch = await consumer.getmany(timeout_ms=2000)
+                assert batch, f"only {len(records)} of {len(events)} events arrived"
+                for part in batch.values():
+                    records.extend(part)
+            return records
+        finally:
+            await consumer.stop()
+
+    records = asyncio.run(read_back())
+    partitions = sorted(targets)
+    seen = {}
+    for record in records:
+        body = orjson.loads(record.value)
+        seen[body["event_id"]] = body
+        assert record.partition == DefaultPartitioner()(record.key, partitions, partitions)
+        assert record.key == body["user_id"].encode()
+        sent = datetime.fromisoformat(body["ts"])
+        assert before - timedelta(milliseconds=1) <= sent <= after, body["ts"]
+        assert body["note"] == '"@@ts@@" stays', "only the ts field is replaced"
+    assert sorted(seen) == sorted(e["event_id"] for e in events), "every event exactly once"
+    ends: dict[int, int] = {}
+    for record in records:
+        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+    assert ends == targets
