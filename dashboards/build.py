@@ -553,8 +553,9 @@ def pipeline_health() -> Json:
             ],
             unit="s",
             stack=True,
-            description="decode: decoding a fetched batch; wait: in the commit queue behind the commit in flight "
-            "(high when the worker is near its peak: batches then merge); detect: the detectors and the batch's "
+            description="wait: in the commit queue behind the commit in flight (high when the worker is near its "
+            "peak: batches then merge); decode: decoding and checking the batch's events, on the committer; "
+            "detect: the detectors and the batch's "
             "tables; sink: the DuckDB transaction (or the writer's); publish: alerts from the outbox and the ack. "
             "Together about the detection latency of an alert, less the broker's fetch wait.",
         ),

@@ -12,7 +12,8 @@ A young collection walks every young object still alive, and in a busy worker mo
 queued behind the commit, decoded and waiting (~32k objects per 5,000 events; 5.5 ms to walk one queued batch,
 88 ms for six, offline): py-spy put 11.6% of a worker's GIL time at peak in the collection after each commit.
 :meth:`Heap.staged` freezes a batch as soon as it is queued instead, so the collection after a commit walks only
-what that commit allocated.
+what that commit allocated. (Batches now wait undecoded, one record object per message, and are decoded by the
+committer; freezing them still keeps the collection off them.)
 
 A process whose heap this manages (:meth:`Heap.take_over`: the worker, rebuild) also turns the automatic
 collections off. Left on, they ran every 700 allocations in the middle of a batch and walked the objects of the
@@ -43,8 +44,8 @@ class Heap:
             gc.disable()
 
     def staged(self) -> None:
-        """A batch was decoded and queued behind the commit: freeze it (and whatever else is young) at once, so
-        no collection walks it while it waits. Its objects are freed by reference counting after its commit."""
+        """A fetched batch was queued behind the commit: freeze it (and whatever else is young) at once, so no
+        collection walks it while it waits. Its objects are freed by reference counting after its commit."""
         if self.enabled:
             gc.freeze()
 

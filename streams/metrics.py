@@ -140,9 +140,9 @@ class Metrics:
         )
         self.batch_phase = Histogram(
             "guardstream_sink_batch_phase_seconds",
-            "Where a batch's time goes: decode (per fetched batch: decoding and observing its events), wait (in "
-            "the commit queue behind the commit in flight), detect (detectors, sweep and the batch's tables), sink "
-            "(the DuckDB transaction, or the writer's), publish (alerts from the outbox and the ack), per commit",
+            "Where a batch's time goes, per commit: wait (in the commit queue behind the commit in flight), decode "
+            "(decoding and observing its events, on the committer), detect (detectors, sweep and the batch's "
+            "tables), sink (the DuckDB transaction, or the writer's), publish (alerts from the outbox and the ack)",
             ["phase"],
             buckets=BATCH_BUCKETS,
             registry=r,

@@ -85,22 +85,6 @@ class Prepared:
     not_assigned: int = 0  # partition revoked while the batch was in flight: the new owner reads it
     repeated: int = 0  # copies of an event_id already in this batch (duplicates never sent to the store)
 
-    def extend(self, later: Prepared) -> None:
-        """Append a batch prepared after this one, to commit both in one transaction. An event_id that is
-        in both stays with its first copy; the second counts as a repeat, as inside one batch."""
-        ids = {a.obs.event.event_id for a in self.accepted}
-        for item in later.accepted:
-            if item.obs.event.event_id in ids:
-                self.repeated += 1
-            else:
-                self.accepted.append(item)
-        self.repeated += later.repeated
-        self.dead_letters += later.dead_letters
-        for partition, next_offset in later.offsets.items():
-            self.offsets[partition] = max(self.offsets.get(partition, 0), next_offset)
-        self.already_committed += later.already_committed
-        self.not_assigned += later.not_assigned
-
 
 @dataclass(slots=True)
 class Outcome:

@@ -217,7 +217,9 @@ def test_run_simulate_and_query_while_running(
     }
     assert set(phases) == {"decode", "wait", "detect", "sink", "publish"}, phases
     assert all(count > 0 for count in phases.values()), "every phase of a commit is observed"
-    assert phases["detect"] == phases["sink"] == phases["publish"] == phases["wait"], "once per commit each"
+    assert phases["decode"] == phases["detect"] == phases["sink"] == phases["publish"] == phases["wait"], (
+        "once per commit each"
+    )
     lags = [line for line in exposition.splitlines() if line.startswith("guardstream_consumer_lag_messages{")]
     assert lags and all(line.endswith(" 0.0") for line in lags), lags
     tool = promtool()

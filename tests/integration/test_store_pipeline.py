@@ -331,7 +331,8 @@ def test_a_detector_error_dead_letters_the_event_before_the_batch_commits(
 
 
 def test_batches_merged_into_one_commit_equal_separate_commits(tmp_path: Path, stream: list[Message]) -> None:
-    """The worker's committer merges batches that queued up; copies of an event_id across them count once."""
+    """The worker's committer merges batches that queued up (their messages, prepared as one); copies of an
+    event_id across them count once."""
     valid = [m for m in stream if m.offset < 10_000_000][:3000]
     copies = [Message(m.partition, m.offset + 30_000_000, m.key, m.value, 0) for m in valid[1000:1200]]
     chunks = [valid[:1500], valid[1500:] + copies]
@@ -342,9 +343,7 @@ def test_batches_merged_into_one_commit_equal_separate_commits(tmp_path: Path, s
     one.store.close()
 
     two = pipeline(tmp_path / "merged.duckdb")
-    merged = two.prepare(chunks[0])
-    merged.extend(two.prepare(chunks[1]))
-    outcome = two.commit(merged)
+    outcome = two.commit(two.prepare(chunks[0] + chunks[1]))
     two.store.close()
     assert outcome.duplicates == 200
     assert snapshot(tmp_path / "merged.duckdb") == snapshot(tmp_path / "separate.duckdb")
