@@ -652,7 +652,12 @@ def _counted(status: dict[str, Any]) -> int:
 
 # -- detection latency -----------------------------------------------------------------------------------------
 async def _paced_produce(
-    settings: Settings, topic: str, events: Sequence[dict[str, Any]], rate: float, advance: Callable[[int], None]
+    settings: Settings,
+    topic: str,
+    events: Sequence[dict[str, Any]],
+    rate: float,
+    advance: Callable[[int], None],
+    max_batch_bytes: int = 1 << 20,
 ) -> dict[int, int]:
     """Send ``events`` at ``rate`` per second, each with ``ts`` = the wall clock when it is sent.
 
@@ -679,7 +684,7 @@ async def _paced_produce(
             metadata = future.result()
             targets[metadata.partition] = max(targets.get(metadata.partition, 0), metadata.offset + count)
 
-    async with producer(settings, linger_ms=2) as prod:
+    async with producer(settings, linger_ms=2, max_batch_size=max_batch_bytes) as prod:
         partitions = sorted(await prod.partitions_for(topic))
         partition_of: dict[bytes, int] = {}
         encoded: list[tuple[int, bytes, bytes, bytes]] = []  # partition, key, value before ts, value after ts
@@ -701,11 +706,12 @@ async def _paced_produce(
             ts = format_ts(datetime.now(UTC)).encode()
             batches: dict[int, tuple[Any, int]] = {}
             for partition, key, head, tail in encoded[sent:due]:
+                value = head + ts + tail
                 batch, count = batches.get(partition) or (prod.create_batch(), 0)
-                if batch.append(key=key, value=head + ts + tail, timestamp=None) is None:  # full: send it
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
                     pending.append((await prod.send_batch(batch, topic, partition=partition), count))
                     batch, count = prod.create_batch(), 0
-                    batch.append(key=key, value=head + ts + tail, timestamp=None)
+                    batch.append(key=key, value=value, timestamp=None)
                 batches[partition] = (batch, count + 1)
             for partition, (batch, count) in batches.items():
                 pending.append((await prod.send_batch(batch, topic, partition=partition), count))

@@ -133,9 +133,9 @@ def test_statement_labels_name_what_a_statement_touches() -> None:
 
 
 def test_the_latency_phase_sends_every_event_once_where_send_would_with_its_send_time(settings: Settings) -> None:
-    """The paced producer encodes ahead and sends record batches per partition: each event must still arrive once,
-    on the partition its key hashes to, with ``ts`` the time it was sent, and the offsets it reports must be the
-    topic's end (the pipeline is waited for up to them)."""
+    """The paced producer encodes ahead and sends record batches per partition (several when one fills up): each
+    event must still arrive once, on the partition its key hashes to, with ``ts`` the time it was sent, and the
+    offsets it reports must be the topic's end (the pipeline is waited for up to them)."""
     events = [
         {"event_id": f"e-{i}", "ts": "2020-01-01T00:00:00.000Z", "user_id": f"u-{i % 37}", "note": '"@@ts@@" stays'}
         for i in range(3000)
@@ -144,7 +144,8 @@ def test_the_latency_phase_sends_every_event_once_where_send_would_with_its_send
     asyncio.run(ensure_topics(settings, [topic]))
     advanced: list[int] = []
     before = datetime.now(UTC)
-    targets = asyncio.run(_paced_produce(settings, topic, events, 20_000, advanced.append))
+    # record batches of 2 KiB: a tick's events for one partition fill several, so the full-batch path runs too
+    targets = asyncio.run(_paced_produce(settings, topic, events, 20_000, advanced.append, max_batch_bytes=2048))
     after = datetime.now(UTC)
     assert sum(advanced) == len(events)
     assert sum(targets.values()) == len(events), targets
