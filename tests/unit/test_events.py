@@ -82,6 +82,24 @@ def test_invalid_events_are_rejected_with_a_reason(raw: bytes | None, code: str,
     assert mentions in result.detail
 
 
+def test_remembered_pseudonyms_are_the_keyed_hash_also_past_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pseudonyms are remembered per key (the stream sees the same users again and again); what comes back must be
+    the HMAC itself, for every key, also once the memory was full and emptied."""
+    import hashlib
+    import hmac
+
+    import detectors.events as events
+
+    monkeypatch.setattr(events, "PSEUDONYMS_KEPT", 5)
+    for round_ in range(3):
+        for key in (b"key-a", b"key-b"):
+            for i in range(12):
+                raw = f"u-{i}"
+                expected = "p-" + hmac.new(key, raw.encode(), hashlib.sha256).hexdigest()[:24]
+                assert pseudonymize(raw, key) == expected, (round_, key, raw)
+    assert all(len(known) <= 5 for known in events._pseudonyms.values())
+
+
 def test_pseudonyms_are_keyed_and_stable() -> None:
     a = pseudonymize("u-1", b"key-a")
     assert a == pseudonymize("u-1", b"key-a")
