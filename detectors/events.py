@@ -7,6 +7,7 @@ reason code (for metrics) and a human-readable detail (for the dead-letter topic
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -145,29 +146,19 @@ def _utf16_or_32(raw: bytes) -> bool:
     return raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:4]
 
 
-PSEUDONYMS_KEPT = 65_536  # raw id -> pseudonym remembered per key, then forgotten at once and relearned
-_pseudonyms: dict[bytes, dict[str, str]] = {}
+PSEUDONYMS_KEPT = 65_536  # recent raw id -> pseudonym pairs remembered (least recently used go first)
 
 
+@functools.lru_cache(maxsize=PSEUDONYMS_KEPT)
 def pseudonymize(raw_user_id: str, key: bytes) -> str:
     """Keyed, stable pseudonym: the same raw id and key always give the same value; without the key
     the raw id cannot be recovered or confirmed by guessing.
 
     The stream sees the same users again and again, and an HMAC per event cost 2.5 µs (a quarter of decoding), so
-    each key's recent pseudonyms are remembered, up to :data:`PSEUDONYMS_KEPT` (no raw id is kept that the decoded
-    events in memory do not already hold)."""
-    known = _pseudonyms.get(key)
-    if known is None:
-        if len(_pseudonyms) >= 8:  # a handful of keys in one process (tests, a key rotation)
-            _pseudonyms.clear()
-        known = _pseudonyms[key] = {}
-    pseudonym = known.get(raw_user_id)
-    if pseudonym is None:
-        if len(known) >= PSEUDONYMS_KEPT:
-            known.clear()
-        digest = hmac.new(key, raw_user_id.encode("utf-8"), hashlib.sha256).hexdigest()
-        pseudonym = known[raw_user_id] = "p-" + digest[:24]
-    return pseudonym
+    the most recent :data:`PSEUDONYMS_KEPT` are remembered (no raw id is kept that the decoded events in memory do
+    not already hold)."""
+    digest = hmac.new(key, raw_user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return "p-" + digest[:24]
 
 
 def json_schema() -> dict[str, object]:
