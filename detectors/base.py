@@ -116,7 +116,7 @@ def layout_of(event: Decision) -> Layout:
     return layout
 
 
-class Observation:
+class Observation(msgspec.Struct, gc=False):
     """One decoded decision as every detector sees it (outcomes computed once, with the engine's band).
 
     ``outcomes`` has every scored category with a threshold. :func:`observe` (the engine's one look at the
@@ -126,38 +126,26 @@ class Observation:
     and detectors count those per :class:`Layout` instead of per category. ``peak`` (first category with the
     highest score/threshold ratio) and ``min_margin`` are filled by :func:`observe`, ``top`` (the highest ratio,
     ties to the smallest category name) where it was cheap to; an Observation built by hand leaves them ``None``
-    and readers compute them."""
+    and readers compute them.
 
-    __slots__ = ("_outcomes", "band", "event", "hot", "layout", "min_margin", "peak", "top", "ts_ms")
+    A Struct (one is built per event: 0.13 us against 0.54 for a class that sets nine slots in ``__init__``);
+    gc=False, as it never holds a reference cycle. The third field is the outcomes if the caller has them."""
 
-    def __init__(
-        self,
-        event: Decision,
-        ts_ms: int,
-        outcomes: list[CategoryOutcome] | None,
-        band: float,
-        peak: tuple[str | None, float] | None = None,
-        min_margin: float | None = None,
-        *,
-        hot: list[CategoryOutcome] | None = None,
-        layout: Layout | None = None,
-        top: tuple[str, float, float] | None = None,
-    ) -> None:
-        self.event = event
-        self.ts_ms = ts_ms
-        self._outcomes = outcomes
-        self.band = band
-        self.peak = peak
-        self.min_margin = min_margin
-        self.hot = hot
-        self.layout = layout
-        self.top = top
+    event: Decision
+    ts_ms: int
+    known_outcomes: list[CategoryOutcome] | None
+    band: float
+    peak: tuple[str | None, float] | None = None
+    min_margin: float | None = None
+    hot: list[CategoryOutcome] | None = None
+    layout: Layout | None = None
+    top: tuple[str, float, float] | None = None
 
     @property
     def outcomes(self) -> list[CategoryOutcome]:
-        if self._outcomes is None:
-            self._outcomes = category_outcomes(self.event, self.band)
-        return self._outcomes
+        if self.known_outcomes is None:
+            self.known_outcomes = category_outcomes(self.event, self.band)
+        return self.known_outcomes
 
     @property
     def hot_outcomes(self) -> list[CategoryOutcome]:

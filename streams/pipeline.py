@@ -38,8 +38,10 @@ TS_MS = pa.timestamp("ms", tz="UTC")
 SCORE_MAP = pa.map_(pa.string(), pa.float64())
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+# The per-event records below are msgspec Structs, not frozen dataclasses: a frozen dataclass sets each field
+# through object.__setattr__ (1.88 us to build a Message against 0.07 us for the Struct), and one of each is built
+# for every event. gc=False: they never hold a reference cycle, so the collector need not track them.
+class Message(msgspec.Struct, frozen=True, gc=False):
     partition: int
     offset: int
     key: bytes | None
@@ -47,8 +49,7 @@ class Message:
     timestamp_ms: int  # the broker's record timestamp (produce time), for ingest latency
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(msgspec.Struct, frozen=True, gc=False):
     message: Message
     code: str
     detail: str
@@ -58,8 +59,7 @@ class DeadLetter:
 _NONE: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(msgspec.Struct, frozen=True, gc=False):
     message: Message
     obs: Observation
     hugging: Sequence[str]
