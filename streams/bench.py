@@ -38,6 +38,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,7 @@ class BenchOptions:
     bootstrap: str | None = None
     seed: int = 7
     workdir: Path | None = None
+    rounds: int = 1  # every throughput variant this many times, in alternating order (see run_bench)
 
 
 # -- shared helpers ------------------------------------------------------------------------------------
@@ -369,15 +371,17 @@ def _produce_all(run: _Run, topic: str, events: Sequence[dict[str, Any]], label:
 
 
 # -- variants a, b, b2 ----------------------------------------------------------------------------------------
-def _run_child(run: _Run, variant: str, topic: str, targets: dict[int, int]) -> dict[str, Any]:
+def _run_child(run: _Run, variant: str, topic: str, targets: dict[int, int], tag: str | None = None) -> dict[str, Any]:
+    """Variant a, b or b2 in its own process; ``tag`` (default: the variant) names its group, files and log."""
     from rich.markup import escape
 
     kind = {"a": "raw", "b": "faust-naive", "b2": "faust-decode"}[variant]
-    group = run.name(f"group-{variant}")
-    result = run.workdir / f"{variant}.result.json"
-    progress_file = run.workdir / f"{variant}.progress"
-    datadir = run.workdir / f"{variant}-faust-data"
-    log = run.log(variant)
+    tag = tag or variant
+    group = run.name(f"group-{tag}")
+    result = run.workdir / f"{tag}.result.json"
+    progress_file = run.workdir / f"{tag}.progress"
+    datadir = run.workdir / f"{tag}-faust-data"
+    log = run.log(tag)
     total = sum(targets.values())
     proc = run.spawn(
         [
@@ -408,7 +412,7 @@ def _run_child(run: _Run, variant: str, topic: str, targets: dict[int, int]) -> 
         run.topics.append(f"{group}-user_events-changelog")
     try:
         with _bar(run.console) as progress:
-            task = progress.add_task(escape(f"{variant:<3}{VARIANTS[variant]}"), total=total)
+            task = progress.add_task(escape(f"{tag:<3} {VARIANTS[variant]}"), total=total)
             last, stalled_since = -1, time.monotonic()
             while not result.exists():
                 if proc.poll() is not None:
@@ -604,12 +608,12 @@ class PipelineGroup:
             self.run.stop(self.writer.proc, timeout=60)
 
 
-def _run_pipeline(run: _Run, topic: str, targets: dict[int, int]) -> dict[str, Any]:
-    """Variant c: one worker reading the already produced topic from offset 0."""
-    group = PipelineGroup(run, "c", topic, 1)
+def _run_pipeline(run: _Run, topic: str, targets: dict[int, int], tag: str = "c") -> dict[str, Any]:
+    """Variant c: one worker reading the already produced topic from offset 0 (``tag`` names its group and files)."""
+    group = PipelineGroup(run, tag, topic, 1)
     try:
         with _bar(run.console) as progress:
-            task = progress.add_task(f"c  {VARIANTS['c']}", total=sum(targets.values()))
+            task = progress.add_task(f"{tag:<3} {VARIANTS['c']}", total=sum(targets.values()))
             group.wait_started()
             statuses = group.wait_done(targets, progress, task)
         return group.result(statuses, "c")
@@ -983,23 +987,26 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
                 "seconds": produced["seconds"],
                 "events_per_second": produced["events_per_second"],
             }
-            for variant in VARIANTS:
-                if variant not in options.only:
-                    continue
-                if variant == "c":
-                    outcome = _run_pipeline(run, run.name("decisions"), targets)
-                else:
-                    outcome = _run_child(run, variant, run.name("decisions"), targets)
-                result["variants"][variant] = outcome
-                console.print(
-                    f"  {variant:<3}{outcome['events_per_second']:>10,.0f} events/s  "
-                    f"({outcome['events']:,} in {outcome['seconds']:.1f}s, peak RSS {_mib(outcome['peak_rss_bytes'])})",
-                    highlight=False,
-                )
+            selected = [v for v in VARIANTS if v in options.only]
+            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in selected}
+            for round_index in range(options.rounds):
+                # The machine's speed drifts over minutes: alternating the order puts each variant early and late.
+                order = selected if round_index % 2 == 0 else selected[::-1]
+                for variant in order:
+                    tag = variant if round_index == 0 else f"{variant}.r{round_index + 1}"
+                    if variant == "c":
+                        outcome = _run_pipeline(run, run.name("decisions"), targets, tag)
+                    else:
+                        outcome = _run_child(run, variant, run.name("decisions"), targets, tag)
+                    runs[variant].append(outcome)
+                    console.print(
+                        f"  {tag:<6}{outcome['events_per_second']:>10,.0f} events/s  ({outcome['events']:,} in "
+                        f"{outcome['seconds']:.1f}s, peak RSS {_mib(outcome['peak_rss_bytes'])})",
+                        highlight=False,
+                    )
+            result["settings"]["rounds"] = options.rounds
+            result["variants"], result["ratios"], result["round_ratios"] = summarize_rounds(runs)
             rates = {v: r["events_per_second"] for v, r in result["variants"].items()}
-            result["ratios"] = {
-                f"c/{v}": ratio(rates.get("c"), rates.get(v)) for v in ("b", "b2", "a") if v in rates and "c" in rates
-            }
             if options.workers > 1:
                 one = _run_scaling(run, events, 1)
                 many = _run_scaling(run, events, options.workers)
@@ -1028,6 +1035,33 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     return result
 
 
+def summarize_rounds(
+    runs: dict[str, list[dict[str, Any]]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, float | None], list[dict[str, float | None]]]:
+    """Each variant's median run (the lower middle one for an even count: a run that happened), with every round's
+    events/s in ``rounds``; the ratios c/b, c/b2 and c/a of each round, whose runs were side by side, and their
+    median. With one round these are that round's figures."""
+    variants: dict[str, dict[str, Any]] = {}
+    for variant, outcomes in runs.items():
+        ordered = sorted(outcomes, key=lambda o: o["events_per_second"])
+        variants[variant] = {**ordered[(len(ordered) - 1) // 2], "rounds": [o["events_per_second"] for o in outcomes]}
+    per_round: list[dict[str, float | None]] = []
+    if "c" in runs:
+        for index, c in enumerate(runs["c"]):
+            per_round.append(
+                {
+                    f"c/{v}": ratio(c["events_per_second"], runs[v][index]["events_per_second"])
+                    for v in ("b", "b2", "a")
+                    if v in runs
+                }
+            )
+    ratios: dict[str, float | None] = {}
+    for key in per_round[0] if per_round else ():
+        values = [v for r in per_round if (v := r[key]) is not None]
+        ratios[key] = statistics.median(values) if values else None
+    return variants, ratios, per_round
+
+
 def _average_size(events: Sequence[dict[str, Any]]) -> int:
     import orjson
 
@@ -1047,15 +1081,17 @@ def _x(value: float | None) -> str:
 def _rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     """(variant, what, events and seconds, events/s, c ÷ this, peak RSS) for every variant run."""
     c = result["variants"].get("c", {}).get("events_per_second")
+    ratios = result.get("ratios") or {}
     rows = []
     for variant, r in result["variants"].items():
+        times = "1.00×" if variant == "c" else _x(ratios.get(f"c/{variant}", ratio(c, r["events_per_second"])))
         rows.append(
             (
                 variant,
                 r["what"],
                 f"{r['events']:,} in {r['seconds']:.1f} s",
                 f"{r['events_per_second']:,.0f}",
-                _x(ratio(c, r["events_per_second"])) if variant != "c" else "1.00×",
+                times,
                 _mib(r["peak_rss_bytes"]),
             )
         )
@@ -1088,7 +1124,9 @@ def print_report(result: dict[str, Any], console: Console) -> None:
         f"produced at {result['produced']['events_per_second']:,.0f} events/s",
         highlight=False,
     )
-    table = Table(title="throughput (same data, fresh consumer group each, one run)")
+    rounds = int(s.get("rounds", 1))
+    how = "one run" if rounds == 1 else f"median of {rounds} rounds; c ÷ this: the median of the rounds' ratios"
+    table = Table(title=f"throughput (same data, fresh consumer group each, {how})")
     for col, justify in (
         ("variant", "left"),
         ("what", "left"),
@@ -1101,6 +1139,8 @@ def print_report(result: dict[str, Any], console: Console) -> None:
     for row in _rows(result):
         table.add_row(*(escape(cell) for cell in row))
     console.print(table)
+    if rounds > 1:
+        console.print(_rounds_line(result), highlight=False)
     if result.get("ratios"):
         console.print(
             "ratios: " + ", ".join(f"{k} = {_x(v)}" for k, v in result["ratios"].items()),
@@ -1116,6 +1156,18 @@ def print_report(result: dict[str, Any], console: Console) -> None:
     latency = result.get("latency")
     if latency:
         console.print(_latency_line(latency), highlight=False)
+
+
+def _rounds_line(result: dict[str, Any]) -> str:
+    """Every round's events/s per variant and the ratios of each round (its runs were side by side)."""
+    rates = "; ".join(
+        f"{v} " + " / ".join(f"{r:,.0f}" for r in variant["rounds"]) for v, variant in result["variants"].items()
+    )
+    ratios = "; ".join(
+        f"round {i}: " + ", ".join(f"{k} {_x(v)}" for k, v in round_ratios.items())
+        for i, round_ratios in enumerate(result.get("round_ratios", []), 1)
+    )
+    return f"rounds (events/s in round order): {rates}" + (f"\nratios per round: {ratios}" if ratios else "")
 
 
 def _latency_line(latency: dict[str, Any]) -> str:
@@ -1140,7 +1192,8 @@ def markdown_report(result: dict[str, Any]) -> str:
     lines = [
         f"{s['events']:,} events of ~{s['avg_event_bytes']} bytes from {s['users']:,} simulated users, "
         f"{s['partitions']} partitions, {s['broker']}; {m['cpu_count']} CPUs, python {m['python']}, "
-        f"faust {m['faust']}, aiokafka {m['aiokafka']}, duckdb {m['duckdb']}; one run on {m['date']} "
+        f"faust {m['faust']}, aiokafka {m['aiokafka']}, duckdb {m['duckdb']}; "
+        f"{'one run' if s.get('rounds', 1) == 1 else 'median of ' + str(s['rounds']) + ' rounds'} on {m['date']} "
         f"(commit {m.get('commit') or '?'}, load average {m['load_average_at_start'][0]} at the start).",
         "",
         "| variant | what | events/s | c ÷ this | peak RSS |",
@@ -1148,6 +1201,8 @@ def markdown_report(result: dict[str, Any]) -> str:
     ]
     for variant, what, _, rate, times, rss in _rows(result):
         lines.append(f"| {variant} | {what} | {rate} | {times} | {rss} |")
+    if s.get("rounds", 1) > 1:
+        lines += ["", _rounds_line(result).replace("\n", ".  \n") + "."]
     scaling = result.get("scaling")
     if scaling:
         lines += [

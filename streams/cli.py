@@ -686,6 +686,14 @@ def bench(
     markdown: Annotated[bool, typer.Option(help="also print the results as a Markdown table (for the README)")] = (
         False
     ),
+    rounds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="run the variants this many times, in alternating order, and report each one's median run and the "
+            "median of each round's ratios (the machine's speed drifts over minutes)",
+        ),
+    ] = 1,
 ) -> None:
     """Benchmarks: the pipeline against the raw client and Faust; `bench store` for the store.
 
@@ -709,6 +717,7 @@ def bench(
         bootstrap=bootstrap,
         seed=seed,
         workdir=workdir,
+        rounds=rounds,
     )
     try:
         result = run_bench(options, console)
