@@ -1166,6 +1166,7 @@ def _rounds_line(result: dict[str, Any]) -> str:
     ratios = "; ".join(
         f"round {i}: " + ", ".join(f"{k} {_x(v)}" for k, v in round_ratios.items())
         for i, round_ratios in enumerate(result.get("round_ratios", []), 1)
+        if round_ratios
     )
     return f"rounds (events/s in round order): {rates}" + (f"\nratios per round: {ratios}" if ratios else "")
 

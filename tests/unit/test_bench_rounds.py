@@ -79,3 +79,10 @@ def test_the_reports_show_every_round_and_the_median_ratios() -> None:
     line = _rounds_line(result)
     assert "b 3,000 / 2,000" in line and "round 1: c/b 6.00×; round 2: c/b 5.00×" in line
     assert "median of 2 rounds on 2026-12-06" in markdown_report(result)
+
+
+def test_rounds_of_c_alone_have_no_ratios_to_show() -> None:
+    variants, ratios, per_round = summarize_rounds({"c": [run("c", 10), run("c", 30), run("c", 20)]})
+    assert variants["c"]["events_per_second"] == 20 and ratios == {} and per_round == [{}, {}, {}]
+    line = _rounds_line({"variants": variants, "round_ratios": per_round})
+    assert line == "rounds (events/s in round order): c 10 / 30 / 20"
