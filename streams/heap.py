@@ -12,8 +12,9 @@ A young collection walks every young object still alive, and in a busy worker mo
 queued behind the commit, decoded and waiting (~32k objects per 5,000 events; 5.5 ms to walk one queued batch,
 88 ms for six, offline): py-spy put 11.6% of a worker's GIL time at peak in the collection after each commit.
 :meth:`Heap.staged` freezes a batch as soon as it is queued instead, so the collection after a commit walks only
-what that commit allocated. (Batches now wait undecoded, one record object per message, and are decoded by the
-committer; freezing them still keeps the collection off them.)
+what that commit allocated. (Batches now wait undecoded and are decoded by the committer: their records are
+``Message`` Structs with ``gc=False``, which no collection walks anyway; freezing at staging still takes the batch's
+list and whatever the event loop allocated while fetching out of the next young collection.)
 
 A process whose heap this manages (:meth:`Heap.take_over`: the worker, rebuild) also turns the automatic
 collections off. Left on, they ran every 700 allocations in the middle of a batch and walked the objects of the
