@@ -180,15 +180,21 @@ def run_pass(
     model: Path | None,
     *,
     instrument: bool,
+    detectors: bool = True,
 ) -> Timings:
-    """Every message through a fresh pipeline and store, ``batch`` at a time, as a worker would commit them."""
+    """Every message through a fresh pipeline and store, ``batch`` at a time, as a worker would commit them.
+    ``detectors=False``: an engine without any detector (the floor that decoding, the tables and the sink set)."""
+    from detectors.engine import Engine
     from streams.heap import Heap
     from streams.store import Store
     from streams.worker import build_pipeline
 
     settings = Settings().with_overrides(anomaly_model=model, decisions_topic="bench.commit")
-    store = Store(workdir / f"commit-{batch}-{int(instrument)}.duckdb", checkpoint_threshold="256MB")
+    name = f"commit-{batch}-{int(instrument)}{'' if detectors else '-floor'}.duckdb"
+    store = Store(workdir / name, checkpoint_threshold="256MB")
     pipeline = build_pipeline(settings, store)  # the worker's detector config, model and pseudonym key
+    if not detectors:
+        pipeline.engine = Engine([], band=pipeline.engine.band, alert_policy=pipeline.engine.alert_policy)
     pipeline.assign(set(range(partitions)))
     heap = Heap(reclaim_seconds=0)
     heap.take_over()
@@ -224,7 +230,7 @@ def run_pass(
     return timings
 
 
-def summarize(plain: Timings, instrumented: Timings, batch: int) -> dict[str, Any]:
+def summarize(plain: Timings, instrumented: Timings, batch: int, floor: Timings | None = None) -> dict[str, Any]:
     n = plain.events or 1
     items = []
     for (phase, item), seconds in sorted(instrumented.items.items(), key=lambda kv: -kv[1]):
@@ -246,6 +252,18 @@ def summarize(plain: Timings, instrumented: Timings, batch: int) -> dict[str, An
         # sink (the store's transaction), settle (the young collection after the batch)
         "us_per_event": {phase: plain.phases[phase] / n * 1e6 for phase in PHASES},
         "items": items,  # the instrumented pass
+        # --floor: the same messages through an engine without detectors, right after the plain pass
+        "floor": None if floor is None else _floor(plain, floor),
+    }
+
+
+def _floor(plain: Timings, floor: Timings) -> dict[str, Any]:
+    n = floor.events or 1
+    return {
+        "events_per_second": floor.events / floor.seconds if floor.seconds else None,
+        "us_per_event": {phase: floor.phases[phase] / n * 1e6 for phase in PHASES},
+        # what the detectors add to the commit path, as a share of the plain pass's time
+        "detectors_share": 1.0 - floor.seconds / plain.seconds if plain.seconds else None,
     }
 
 
@@ -257,6 +275,7 @@ def run_commit_bench(
     seed: int = 7,
     model: bool = True,
     workdir: Path | None = None,
+    floor: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
     from streams.bench import machine_info, simulated_events
@@ -291,8 +310,11 @@ def run_commit_bench(
             save(anomaly_model, model_path)
         for batch in batches:
             plain = run_pass(messages, batch, partitions, Path(tmp), model_path, instrument=False)
+            bare = None
+            if floor:
+                bare = run_pass(messages, batch, partitions, Path(tmp), model_path, instrument=False, detectors=False)
             timed = run_pass(messages, batch, partitions, Path(tmp), model_path, instrument=True)
-            run = summarize(plain, timed, batch)
+            run = summarize(plain, timed, batch, bare)
             result["runs"].append(run)
             say(f"batch {batch:,}: {run['events_per_second']:,.0f} events/s in one thread")
     return result
@@ -321,3 +343,11 @@ def print_commit_report(result: dict[str, Any], console: Console) -> None:
                 "" if calls is None else f"{calls:,}",
             )
         console.print(table)
+        bare = run.get("floor")
+        if bare is not None:
+            us = bare["us_per_event"]
+            phases = " + ".join(f"{phase} {us[phase]:.1f}" for phase in PHASES)
+            console.print(
+                f"without detectors (the same messages, right after): {bare['events_per_second']:,.0f} events/s "
+                f"({phases} µs per event); the detectors take {bare['detectors_share']:.0%} of the commit path"
+            )

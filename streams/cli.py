@@ -778,6 +778,13 @@ def bench_commit(
     seed: Annotated[int, typer.Option(help="simulator seed")] = 7,
     model: Annotated[bool, typer.Option(help="train an anomaly model on another seed first, as `bench` does")] = True,
     workdir: Annotated[Path | None, typer.Option(help="put the temporary DuckDB files here")] = None,
+    floor: Annotated[
+        bool,
+        typer.Option(
+            help="also run each batch size through an engine without detectors, right after the plain pass: "
+            "the floor that decoding, the batch's tables and the sink set, and the detectors' share"
+        ),
+    ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results as JSON here")] = None,
 ) -> None:
     """Where the worker's commit path spends its time, in one thread, without Kafka: per phase (prepare, detect,
@@ -796,6 +803,7 @@ def bench_commit(
             seed=seed,
             model=model,
             workdir=workdir,
+            floor=floor,
             console=console,
         )
     except KeyboardInterrupt:

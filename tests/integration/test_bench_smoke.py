@@ -121,7 +121,8 @@ def test_bench_commit_breaks_the_commit_path_down(tmp_path: Path) -> None:
     from detectors.registry import DetectorConfig, build_detectors
 
     out = tmp_path / "commit.json"
-    args = ["--events", "2000", "--batch", "500,2000", "--no-model", "--workdir", str(tmp_path), "--json", str(out)]
+    args = ["--events", "2000", "--batch", "500,2000", "--no-model", "--floor"]
+    args += ["--workdir", str(tmp_path), "--json", str(out)]
     result = bench("commit", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -136,7 +137,10 @@ def test_bench_commit_breaks_the_commit_path_down(tmp_path: Path) -> None:
         assert items[("sink", "COMMIT")]["calls"] == run["batches"], "one transaction per batch"
         assert items[("sink", "INSERT INTO decision_rows")]["calls"] == run["batches"]
         assert ("detect", "decisions table (Arrow)") in items
-    assert "commit path, batches of 500" in result.stdout
+        floor = run["floor"]  # the same messages without detectors
+        assert floor["events_per_second"] > 0 and set(floor["us_per_event"]) == set(run["us_per_event"])
+        assert floor["detectors_share"] is not None and floor["detectors_share"] < 1
+    assert "commit path, batches of 500" in result.stdout and "without detectors" in result.stdout
     assert not list(tmp_path.glob("**/*.duckdb")), "the temporary stores are removed"
 
     refused = bench("commit", "--batch", "0", cwd=tmp_path)
