@@ -241,6 +241,18 @@ class SettlesPopulation(Protocol):
 
 
 @runtime_checkable
+class SettlesUsers(Protocol):
+    """A detector that leaves some decisions pending in a user's state and folds a user's run of them at once
+    (``settle_user``): the engine calls it before a user's state is encoded (the end of every batch), and the
+    detector itself before it reads the state, so what is stored and decided is the same as folding each
+    decision as it came."""
+
+    name: ClassVar[str]
+
+    def settle_user(self, user: Any) -> None: ...
+
+
+@runtime_checkable
 class BatchScoring(Protocol):
     """A detector that snapshots users in ``update`` and scores the snapshots once per batch."""
 

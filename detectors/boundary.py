@@ -129,10 +129,15 @@ class HuggingUser(msgspec.Struct, omit_defaults=True):
     """A user's counters: their own in ``categories`` for every category they ever hugged, were blocked or came
     near in; the rest shared in ``quiet`` groups. A category leaves its group, with the group's counters, at
     the first decision that hugs, blocks or comes near it there, so every count equals one kept per category
-    from the start (:func:`category_stats` gives either)."""
+    from the start (:func:`category_stats` gives either).
+
+    ``pending`` holds the decisions not yet folded into those counters: quiet ones (every category quiet), as
+    ``[ts_ms, layout index, ts_ms, layout index, ...]``. In memory only: :meth:`BoundaryHugging.settle_user` folds
+    them in before anything reads the counters, and the engine before it encodes the state."""
 
     categories: dict[str, CategoryStats] = msgspec.field(default_factory=dict)
     quiet: list[QuietGroup] = msgspec.field(default_factory=list, name="q")
+    pending: list[int] = msgspec.field(default_factory=list, name="w")
 
     def __post_init__(self) -> None:
         if self.categories:  # e.g. decoded from a blob written before quiet groups: a record per category
@@ -159,8 +164,14 @@ def _regroup(user: HuggingUser) -> None:
     user.quiet.extend(groups.values())
 
 
+def _settled(user: HuggingUser) -> None:
+    if user.pending:
+        raise ValueError("the user has decisions not yet folded in: BoundaryHugging.settle_user(user) first")
+
+
 def category_stats(user: HuggingUser, category: str) -> CategoryStats | None:
     """The user's counters in a category (a copy when the category is in a quiet group); ``None``: never scored."""
+    _settled(user)
     stats = user.categories.get(category)
     if stats is not None:
         return stats
@@ -172,6 +183,7 @@ def category_stats(user: HuggingUser, category: str) -> CategoryStats | None:
 
 def all_category_stats(user: HuggingUser) -> dict[str, CategoryStats]:
     """Every category the user was scored in, with their counters (copies for those in quiet groups)."""
+    _settled(user)
     out = {category: group.stats() for group in user.quiet for category in group.categories}
     out.update(user.categories)
     return out
@@ -250,70 +262,153 @@ class BoundaryHugging:
             and self._quiet(obs.hot, event.thresholds)
         ):
             # Every category quiet (not hugging, blocked or near): the population counts the decision per layout,
-            # categories with counters of their own take the fold one by one and the user's quiet groups the rest.
-            # Exactly what the loop in _fold does for such a decision.
+            # and the user's counters take it later, with the other quiet decisions of theirs in the batch
+            # (settle_user: one pass per category instead of one per decision). Exactly what the loop in _fold does
+            # for such a decision. Only the CUSUMs read the population, which later decisions of other users
+            # change: a category's is stepped now (it is apart from every counter settle_user folds).
             pending[layout.index] += 1
-            own = user.categories
-            quiet = layout.categories
-            if own:
-                self._fold_own(own, population, layout.index, ts_ms)
-                quiet = [c for c in quiet if c not in own]
-            if quiet:
-                groups = user.quiet
-                if len(groups) == 1 and groups[0].categories == quiet:
-                    self._fold_group(groups[0], ts_ms)
-                else:
-                    self._fold_groups(user, quiet, ts_ms)
+            if user.categories:
+                self._lower_cusums(user.categories, population, layout.index)
+            user.pending += (ts_ms, layout.index)
             return []
         self._flush(population)
         findings = self._fold(user, population, obs)
-        if layout is not None and layout.index >= 0 and obs.band == self.cfg.band:
-            pending.setdefault(layout.index, 0)  # its baselines exist now
+        if layout is not None and layout.index >= 0 and obs.band == self.cfg.band and layout.index not in pending:
+            self._baseline_keys(layout.index)  # known in _layouts_with before any count of it is read
+            pending[layout.index] = 0  # its baselines exist now
         return findings
 
     def _quiet(self, hot: list[CategoryOutcome], thresholds: dict[str, float]) -> bool:
         near_floor = 1.0 - 3.0 * self.cfg.band
         return all(not (h or b or s >= near_floor * thresholds[c]) for c, s, h, b in hot)
 
-    def _fold_own(self, own: dict[str, CategoryStats], population: HuggingPopulation, index: int, ts_ms: int) -> None:
-        """_fold's arithmetic for a quiet decision in the categories the user has counters of their own for."""
-        cfg = self.cfg
-        min_population, floor = cfg.min_population, cfg.population_floor
-        shift, min_alternative = cfg.cusum_shift, cfg.cusum_min_alternative
-        keys = self._key_map(index)
-        baselines = population.baselines
-        pending = population.pending
-        layouts_with = self._layouts_with
-        half_life_ms = self._half_life_ms
-        last_elapsed, last_decay = 0, 1.0
+    def _lower_cusums(self, own: dict[str, CategoryStats], population: HuggingPopulation, index: int) -> None:
+        """A quiet decision's step of the CUSUM, in the categories of the user's own that it scored and that have
+        one above 0 (a decision that does not hug only lowers a CUSUM, which stops at 0)."""
+        keys = None
         for category, stats in own.items():
+            if stats.cusum == 0.0:
+                continue
+            if keys is None:
+                keys = self._key_map(index)
             key = keys.get(category)
             if key is None:
                 continue  # not scored in this decision
-            stats.decisions += 1
-            elapsed = ts_ms - stats.last_ts
-            if elapsed != last_elapsed:  # a user's own categories were mostly last scored together
-                last_elapsed = elapsed
-                last_decay = 0.5 ** (elapsed / half_life_ms) if elapsed > 0 else 1.0
-            decay = last_decay
-            stats.ewma_decisions = stats.ewma_decisions * decay + 1.0
-            stats.ewma_hugs = stats.ewma_hugs * decay + 0.0
-            if ts_ms > stats.last_ts:
-                stats.last_ts = ts_ms
-            if stats.cusum == 0.0:
-                continue  # a decision that does not hug only lowers the CUSUM, which stops at 0
-            pop = baselines[key]
+            cfg = self.cfg
+            pop = population.baselines[key]
             decisions = pop.decisions
-            for layout in layouts_with[key]:
-                decisions += pending.get(layout, 0)
-            if decisions < min_population:
+            for layout in self._layouts_with[key]:
+                decisions += population.pending.get(layout, 0)
+            if decisions < cfg.min_population:
                 continue
             p0 = (pop.hugs + 0.5) / (decisions + 1.0)
-            if p0 < floor:
-                p0 = floor
-            p1 = min(0.5, max(shift * p0, min_alternative))
+            if p0 < cfg.population_floor:
+                p0 = cfg.population_floor
+            p1 = min(0.5, max(cfg.cusum_shift * p0, cfg.cusum_min_alternative))
             if p1 > p0:
                 stats.cusum = max(0.0, stats.cusum + math.log((1.0 - p1) / (1.0 - p0)))
+
+    def settle_user(self, user: HuggingUser) -> None:
+        """Fold the user's pending quiet decisions into their counters, in order: each own category in one pass
+        over the decisions that scored it, then the quiet groups. Every value comes out as _fold's would, one
+        decision at a time (the same operations on each counter, in the same order)."""
+        pending = user.pending
+        if not pending:
+            return
+        user.pending = []
+        times = pending[0::2]
+        indices = pending[1::2]
+        one_layout = indices.count(indices[0]) == len(indices)
+        own = user.categories
+        if own:
+            if one_layout:
+                keys = self._key_map(indices[0])
+                steps = self._steps(times)
+                for category, stats in own.items():
+                    if category in keys:
+                        self._replay(stats, times, steps)
+            else:
+                maps = [self._key_map(index) for index in indices]
+                for category, stats in own.items():
+                    scored = [ts for ts, keys in zip(times, maps, strict=True) if category in keys]
+                    if scored:
+                        self._replay(stats, scored, self._steps(scored))
+        quiet_of: dict[int, list[str]] = {}
+        for i, (ts_ms, index) in enumerate(zip(times, indices, strict=True)):
+            quiet = quiet_of.get(index)
+            if quiet is None:
+                categories = LAYOUTS[index].categories
+                quiet = quiet_of[index] = [c for c in categories if c not in own] if own else categories
+            if quiet:
+                groups = user.quiet
+                if len(groups) == 1 and groups[0].categories == quiet:
+                    if one_layout:  # the usual case: the same group for every decision left
+                        self._replay_group(groups[0], times[i:])
+                        break
+                    self._fold_group(groups[0], ts_ms)
+                else:
+                    self._fold_groups(user, quiet, ts_ms)
+
+    def _steps(self, times: list[int]) -> list[float]:
+        """The decay at each decision after the first of a run, for counters last updated no later than the first
+        (they all move to each later time, or stay if it is earlier: ``last_ts`` only grows)."""
+        half_life_ms = self._half_life_ms
+        steps = []
+        last_ts = times[0]
+        for ts_ms in times[1:]:
+            if ts_ms > last_ts:
+                steps.append(0.5 ** ((ts_ms - last_ts) / half_life_ms))
+                last_ts = ts_ms
+            else:
+                steps.append(1.0)
+        return steps
+
+    def _replay(self, stats: CategoryStats, times: list[int], steps: list[float]) -> None:
+        """_fold's arithmetic for a run of quiet decisions in one category of the user's own (``steps``: the
+        decays after the first decision, from :meth:`_steps`)."""
+        ewma_decisions, ewma_hugs, last_ts = stats.ewma_decisions, stats.ewma_hugs, stats.last_ts
+        first = times[0]
+        if first > last_ts:
+            decay = 0.5 ** ((first - last_ts) / self._half_life_ms)
+            last_ts = first
+        else:
+            decay = 1.0
+        ewma_decisions = ewma_decisions * decay + 1.0
+        ewma_hugs = ewma_hugs * decay + 0.0
+        if last_ts == first:  # the usual case: every later decision decays by the run's own steps
+            for decay in steps:
+                ewma_decisions = ewma_decisions * decay + 1.0
+            if ewma_hugs:  # 0 * decay + 0 stays 0
+                for decay in steps:
+                    ewma_hugs = ewma_hugs * decay + 0.0
+            last_ts = max(times)
+        else:  # counters ahead of the run's first decision (event time out of order)
+            for ts_ms in times[1:]:
+                if ts_ms > last_ts:
+                    decay = 0.5 ** ((ts_ms - last_ts) / self._half_life_ms)
+                    last_ts = ts_ms
+                else:
+                    decay = 1.0
+                ewma_decisions = ewma_decisions * decay + 1.0
+                ewma_hugs = ewma_hugs * decay + 0.0
+        stats.decisions += len(times)
+        stats.ewma_decisions, stats.ewma_hugs, stats.last_ts = ewma_decisions, ewma_hugs, last_ts
+
+    def _replay_group(self, group: QuietGroup, times: list[int]) -> None:
+        """_fold_group for a run of quiet decisions."""
+        half_life_ms = self._half_life_ms
+        ewma_decisions, last_ts, span = group.ewma_decisions, group.last_ts, group.span
+        for ts_ms in times:
+            elapsed = ts_ms - last_ts
+            if elapsed > 0:
+                decay = 0.5 ** (elapsed / half_life_ms)
+                span += elapsed
+                last_ts = ts_ms
+            else:
+                decay = 1.0
+            ewma_decisions = ewma_decisions * decay + 1.0
+        group.decisions += len(times)
+        group.ewma_decisions, group.last_ts, group.span = ewma_decisions, last_ts, span
 
     def settle(self, population: HuggingPopulation) -> None:
         self._flush(population)
@@ -351,6 +446,8 @@ class BoundaryHugging:
 
     def _fold(self, user: HuggingUser, population: HuggingPopulation, obs: Observation) -> list[Finding]:
         """Every category of the decision, one by one."""
+        if user.pending:
+            self.settle_user(user)
         event, ts_ms = obs.event, obs.ts_ms
         findings: list[Finding] = []
         cfg = self.cfg

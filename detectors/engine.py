@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from detectors.alerts import AlertBook, AlertChange, AlertPolicy, AlertState
-from detectors.base import BatchScoring, Detector, Observation, SettlesPopulation, observe
+from detectors.base import BatchScoring, Detector, Observation, SettlesPopulation, SettlesUsers, observe
 from detectors.events import Decision
 
 UserKey = tuple[str, str]  # (tenant, user_id)
@@ -77,16 +77,26 @@ class Engine:
         floors = [float(getattr(d, "hot_floor", 0.0)) for d in self.detectors]
         self.hot_floor = max(0.0, min([*floors, 1.0 - band])) * (1.0 - 1e-9)
         self._settlers = [d for d in self.detectors if isinstance(d, SettlesPopulation)]
+        self._user_settlers = [(d.name, d) for d in self.detectors if isinstance(d, SettlesUsers)]
         self._parts = [(d.name, d, d.user_state, d.population_state) for d in self.detectors]
 
     # -- state in and out ----------------------------------------------------------------------------
     def encode_user(self, state: dict[str, Any]) -> bytes:
+        self.settle_user(state)
         parts: dict[str, Any] = {}
         for name, key, _type, default in self._user_keys:
             part = state.get(name)
             if part is not None and (part != default or _encoder.encode(part) != _EMPTY):
                 parts[key] = part
         return COMPACT + _encoder.encode(parts)
+
+    def settle_user(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Fold in what detectors left pending in a user's state (see :class:`SettlesUsers`); before it is read."""
+        for name, detector in self._user_settlers:
+            part = state.get(name)
+            if part is not None:
+                detector.settle_user(part)
+        return state
 
     def decode_user(self, blob: bytes) -> dict[str, Any]:
         """Every detector's state (a default one where the blob has none); reads both layouts."""

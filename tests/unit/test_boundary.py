@@ -332,3 +332,62 @@ def test_state_written_with_a_record_per_category_regroups_on_decode() -> None:
         QuietGroup(["S4"], 1, 1.0, 4000, 0),
     ]
     assert all_category_stats(user) == old["categories"]
+
+
+def test_quiet_decisions_left_pending_settle_to_what_folding_each_one_gives() -> None:
+    """A quiet decision waits in the user's state and a run of them is folded at once (``settle_user``): before the
+    detector reads the user (their next decision that is not quiet) and before the engine stores them. Folded
+    either way, the counters, CUSUMs, quiet groups, population and findings must be the same to the bit: here with
+    two layouts of the same categories (another policy's thresholds), a third with fewer categories, event time
+    that steps back, and hugging runs that push CUSUMs up between the quiet ones."""
+    rng = random.Random(11)
+    cfg = HuggingConfig(min_population=50)
+    fast, slow = BoundaryHugging(cfg), BoundaryHugging(cfg)
+    fast_users: dict[str, HuggingUser] = {}
+    slow_users: dict[str, HuggingUser] = {}
+    fast_pop, slow_pop = HuggingPopulation(), HuggingPopulation()
+    categories = [f"S{i}" for i in range(1, 8)]
+    found_fast: list[Finding] = []
+    found_slow: list[Finding] = []
+    waited = 0
+    for n in range(6000):
+        user = f"u{rng.randrange(12)}"
+        layout = rng.random()
+        scored = categories[:3] if layout < 0.2 else categories
+        threshold = 0.45 if 0.2 <= layout < 0.35 else 0.5
+        scores = {c: rng.random() * 0.15 for c in scored}
+        roll = rng.random()
+        if user == "u0" and roll < 0.3:  # a hugger, for findings
+            scores["S1"] = rng.uniform(0.41, 0.44)
+        elif roll < 0.06:  # near: categories of the user's own
+            scores[rng.choice(scored)] = rng.uniform(0.2, 0.35)
+        elif roll < 0.075:  # an occasional hug: CUSUMs above 0
+            scores[rng.choice(scored)] = rng.uniform(0.41, 0.44)
+        step_back = rng.random() < 0.05
+        e = Decision(
+            event_id=f"q{n}",
+            ts=START + timedelta(seconds=n * 30 - (600 if step_back else 0)),
+            user_id=user,
+            stage="input",
+            guardrail=GUARD,
+            scores=scores,
+            thresholds=dict.fromkeys(scored, threshold),
+            decision="allow",
+            policy_version="p1" if threshold == 0.5 else "p2",
+        )
+        ts_ms = int(e.ts.timestamp() * 1000)
+        user_fast = fast_users.setdefault(user, HuggingUser())
+        found_fast += fast.update(user_fast, fast_pop, Engine([fast]).observe(e, ts_ms))
+        waited = max(waited, len(user_fast.pending) // 2)
+        slow_obs = Observation(e, ts_ms, category_outcomes(e, cfg.band), cfg.band)
+        found_slow += slow.update(slow_users.setdefault(user, HuggingUser()), slow_pop, slow_obs)
+        if n % 500 == 499 or n == 5999:  # a checkpoint: what the engine stores
+            for name, state in fast_users.items():
+                fast.settle_user(state)
+                assert msgspec.msgpack.encode(state) == msgspec.msgpack.encode(slow_users[name]), (n, name)
+            fast.settle(fast_pop)
+            slow.settle(slow_pop)
+            assert fast_pop == slow_pop
+    assert found_fast == found_slow and len(found_fast) > 3
+    assert waited > 10, "runs of quiet decisions must have waited for this test to mean anything"
+    assert any(s.cusum for u in fast_users.values() for s in u.categories.values())

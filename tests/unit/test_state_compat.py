@@ -106,7 +106,7 @@ def test_a_store_written_by_the_old_layout_carries_on_exactly(fixture: dict[str,
         assert engine.decode_population(part["population"]) == state.population
         assert len(part["users"]) == len(state.users)
         for tenant, user_id, blob in part["users"]:
-            theirs, ours = engine.decode_user(blob), state.users[(tenant, user_id)]
+            theirs, ours = engine.decode_user(blob), engine.settle_user(state.users[(tenant, user_id)])
             hugging_theirs: HuggingUser = theirs.pop("boundary_hugging")
             hugging_ours: HuggingUser = ours["boundary_hugging"]
             assert all_category_stats(hugging_theirs) == all_category_stats(hugging_ours)
