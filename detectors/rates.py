@@ -129,6 +129,11 @@ class RateUser(msgspec.Struct, omit_defaults=True):
     exposure: float = 0.0  # EWMA-weighted days of history (completed days only)
     stages: dict[str, StageVolume] = msgspec.field(default_factory=dict)
     windows: dict[str, CategoryWindow] = msgspec.field(default_factory=dict)  # "stage|category"
+    checked: list[int] = msgspec.field(default_factory=list, name="c")
+    """The (layout, stage) slots that ``windows`` agree with: quiet decisions of these slots found no window under
+    another policy since ``windows`` last changed (a decision that is not quiet, or a quiet one that moved a
+    window to its slot's policy), so the next one need not look. In memory only:
+    :meth:`CategoryRateAnomaly.settle_user` empties it before the state is stored."""
 
 
 class Baseline(msgspec.Struct, array_like=True):
@@ -209,10 +214,15 @@ class CategoryRateAnomaly:
                 counts[0] += 1
                 if ts_ms > counts[1]:
                     counts[1] = ts_ms
-                if user.windows:
-                    self._reset_moved_policies(user.windows, slot)
+                if user.windows and slot not in user.checked:
+                    if self._reset_moved_policies(user.windows, slot):
+                        user.checked = [slot]  # windows the other slots were checked against may have moved
+                    else:
+                        user.checked.append(slot)
                 return findings
         self._flush(population)
+        if user.checked:
+            user.checked = []
         findings = self._fold(user, population, obs, volume, lag)
         if slot >= 0 and slot not in population.pending:
             baselines = population.baselines
@@ -220,14 +230,23 @@ class CategoryRateAnomaly:
                 population.pending[slot] = [0, 0]
         return findings
 
-    def _reset_moved_policies(self, windows: dict[str, CategoryWindow], slot: int) -> None:
+    def settle_user(self, user: RateUser) -> None:
+        """Before the state is stored: nothing is pending, only the in-memory ``checked`` goes back to its default."""
+        if user.checked:
+            user.checked = []
+
+    def _reset_moved_policies(self, windows: dict[str, CategoryWindow], slot: int) -> bool:
+        """Restart the block counts of windows kept under a policy other than the slot's; whether any was."""
         policies = self._slot_policies[slot]  # window key -> policy key, for the slot's stage and categories
+        moved = False
         for window_key, window in windows.items():
             policy = policies.get(window_key)
             if policy is not None and window.policy != policy:
                 window.policy = policy
                 window.today_blocks = window.prev_blocks = 0
                 window.ewma_blocks = window.block_exposure = 0.0
+                moved = True
+        return moved
 
     def _quiet(self, hot: list[CategoryOutcome], thresholds: dict[str, float]) -> bool:
         fraction = self.cfg.elevated_fraction
