@@ -6,7 +6,9 @@ the code a worker runs per batch -- :meth:`Pipeline.prepare` (decode, dedup, obs
 (every detector, the batch's Arrow tables, the DuckDB transaction) and the heap settle after it -- in one thread,
 on simulated events already in memory, batch after batch into a fresh store, at each batch size asked for. A
 plain pass gives the totals; an instrumented pass then times each detector, each table builder and each DuckDB
-call (the timers add ~1 µs per event to that pass only). Quieter than the live bench, not quiet: on the shared
+call (the timers add ~1 µs per event to that pass only). ``--floor`` adds a plain pass through an engine without
+detectors right after the plain one: what decoding, the batch's tables and the sink cost on their own, and the
+detectors' share of the rest, measured side by side. Quieter than the live bench, not quiet: on the shared
 machine three back-to-back runs at batch 5,000 gave 17.2k-19.0k events/s, so compare changes interleaved.
 
 Single-threaded: it leaves out the broker, Faust's consumer and the event loop, and the contention for the GIL
