@@ -304,9 +304,17 @@ class MultiTurnDecomposition:
     # -- sessions ------------------------------------------------------------------------------------
     def _session(self, user: DecompositionUser, event: Decision, ts_ms: int) -> Session:
         session_id = event.session_id or ""
-        for session in user.sessions:
+        sessions = user.sessions
+        # session ids are unique in the list: the newest (last) first, as a user's next turn is mostly in it
+        if sessions and sessions[-1].session_id == session_id:
+            session = sessions[-1]
+            if ts_ms > session.last_ts:
+                session.last_ts = ts_ms
+            return session
+        for session in sessions:
             if session.session_id == session_id:
-                session.last_ts = max(session.last_ts, ts_ms)
+                if ts_ms > session.last_ts:
+                    session.last_ts = ts_ms
                 return session
         while len(user.sessions) >= self.cfg.max_open_sessions:
             user.sessions.remove(min(user.sessions, key=lambda s: (s.last_ts, s.session_id)))
@@ -316,8 +324,10 @@ class MultiTurnDecomposition:
 
     def _close_idle(self, user: DecompositionUser, ts_ms: int) -> None:
         cutoff = ts_ms - self._idle_ms
-        if any(s.last_ts < cutoff for s in user.sessions):
-            user.sessions = [s for s in user.sessions if s.last_ts >= cutoff]
+        for session in user.sessions:  # a plain loop: any() over a generator costs twice as much, every decision
+            if session.last_ts < cutoff:
+                user.sessions = [s for s in user.sessions if s.last_ts >= cutoff]
+                return
 
     def _topic(self, user: DecompositionUser, category: str, ts_ms: int) -> Topic:
         topic = user.topics.get(category)
