@@ -157,9 +157,12 @@ class OutputBypass:
         else:
             if pending is not None and pending.output_blocked is not None:
                 return []  # a replayed output
-            blocked = {
-                category: score for category, score, _h, hit in obs.hot_outcomes if hit and event.decision != "allow"
-            }
+            hot = obs.hot_outcomes
+            blocked = (
+                {category: score for category, score, _h, hit in hot if hit}
+                if hot and event.decision != "allow"
+                else {}
+            )
             if pending is None:
                 if not blocked:
                     return []  # an allowed output whose input was not seen: nothing to join it with

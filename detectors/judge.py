@@ -315,7 +315,8 @@ class JudgeDisagreement:
         if not event.request_id:
             return
         category, score, threshold = top_outcome(obs)
-        allowed = event.decision == "allow" and not any(blocked for *_, blocked in obs.hot_outcomes)
+        hot = obs.hot_outcomes  # most have none: no generator for them
+        allowed = event.decision == "allow" and not (hot and any(blocked for *_, blocked in hot))
         record = Recent(
             event.request_id,
             obs.ts_ms,

@@ -199,9 +199,10 @@ def fold(c: ProfileCounters, obs: Observation, band: float) -> None:
     event = obs.event
     c.decisions += 1
     hot = obs.hot_outcomes
-    blocked = any(o[3] for o in hot)
+    blocked = any(o[3] for o in hot) if hot else False  # most have none: no generator for them
     c.blocks += blocked
-    c.hugs += any(o[2] for o in hot)
+    if hot:
+        c.hugs += any(o[2] for o in hot)
     peak_category, peak_ratio = obs.peak if obs.peak is not None else peak(obs.outcomes, event.thresholds)
     c.peak_ratio_sum += peak_ratio
     if 1.0 - 3.0 * band <= peak_ratio < 1.0 - band:
