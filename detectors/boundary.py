@@ -259,7 +259,7 @@ class BoundaryHugging:
             and obs.hot is not None
             and layout.index in pending
             and obs.band == self.cfg.band
-            and self._quiet(obs.hot, event.thresholds)
+            and (not obs.hot or self._quiet(obs.hot, event.thresholds))
         ):
             # Every category quiet (not hugging, blocked or near): the population counts the decision per layout,
             # and the user's counters take it later, with the other quiet decisions of theirs in the batch

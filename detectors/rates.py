@@ -207,7 +207,7 @@ class CategoryRateAnomaly:
         slot = -1 if layout is None or layout.index < 0 else layout.index * 4 + _STAGE_SLOTS[stage]
         if obs.hot is not None and slot >= 0:
             counts = population.pending.get(slot)
-            if counts is not None and self._quiet(obs.hot, event.thresholds):
+            if counts is not None and (not obs.hot or self._quiet(obs.hot, event.thresholds)):
                 # No category elevated or blocked: all the loop in _fold does is add the decision to each category's
                 # baseline (counted per (layout, stage) until settled) and restart the block counts of a window
                 # kept under another policy.
