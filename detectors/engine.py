@@ -78,8 +78,7 @@ class Engine:
         self.hot_floor = max(0.0, min([*floors, 1.0 - band])) * (1.0 - 1e-9)
         self._settlers = [d for d in self.detectors if isinstance(d, SettlesPopulation)]
         self._user_settlers = [(d.name, d) for d in self.detectors if isinstance(d, SettlesUsers)]
-        # (name, bound update, user state type, population state type): the per-event loop's view of each detector
-        self._parts = [(d.name, d.update, d.user_state, d.population_state) for d in self.detectors]
+        self._parts = [(d.name, d, d.user_state, d.population_state) for d in self.detectors]
 
     # -- state in and out ----------------------------------------------------------------------------
     def encode_user(self, state: dict[str, Any]) -> bytes:
@@ -174,14 +173,14 @@ class Engine:
         if obs.ts_ms > state.watermark_ms:
             state.watermark_ms = obs.ts_ms
         changes: list[AlertChange] = []
-        for name, update, user_state, population_state in self._parts:
+        for name, detector, user_state, population_state in self._parts:
             user_part = user.get(name)
             if user_part is None:
                 user_part = user[name] = user_state()
             population_part = population.get(name)
             if population_part is None:
                 population_part = population[name] = population_state()
-            findings = update(user_part, population_part, obs)
+            findings = detector.update(user_part, population_part, obs)
             if findings:
                 for finding in findings:
                     changes.extend(state.book.observe(finding))

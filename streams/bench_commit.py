@@ -106,15 +106,15 @@ def statement_label(sql: str) -> str:
 
 
 class _TimedDetector:
-    def __init__(self, name: str, update: Callable[..., Any], timings: Timings) -> None:
-        self._update = update
+    def __init__(self, detector: Any, timings: Timings) -> None:
+        self._detector = detector
         self._items = timings.items
-        self._key = ("detect", f"detector {name}")
+        self._key = ("detect", f"detector {detector.name}")
 
     def update(self, user: Any, population: Any, obs: Any) -> Any:
         started = time.perf_counter()
         try:
-            return self._update(user, population, obs)
+            return self._detector.update(user, population, obs)
         finally:
             self._items[self._key] += time.perf_counter() - started
 
@@ -140,7 +140,7 @@ def _instrumented(pipeline: Pipeline, timings: Timings) -> Iterator[None]:
     parts = engine._parts
     daily_table = pipeline_module._daily_table
     conn = store.conn
-    engine._parts = [(name, _TimedDetector(name, update, timings).update, u, p) for name, update, u, p in parts]
+    engine._parts = [(name, _TimedDetector(d, timings), u, p) for name, d, u, p in parts]  # type: ignore[misc]
     engine.sweep = timed("detect", "sweep (batch scoring, alert resolution)", engine.sweep)  # type: ignore[method-assign]
     engine.take_dirty = timed("detect", "take the dirty state (encode blobs)", engine.take_dirty)  # type: ignore[method-assign]
     pipeline._decisions_table = timed("detect", "decisions table (Arrow)", pipeline._decisions_table)  # type: ignore[method-assign]
