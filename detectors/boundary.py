@@ -227,6 +227,10 @@ def _own_stats(user: HuggingUser, category: str, ts_ms: int) -> CategoryStats:
     return CategoryStats(first_ts=ts_ms, last_ts=ts_ms)
 
 
+MAX_PENDING = 512
+"""Entries of ``HuggingUser.pending`` (two per decision) after which the run is folded in at once, whoever reads."""
+
+
 class BoundaryHugging:
     """Per-user, per-category hugging index and slow-burn CUSUM against the population."""
 
@@ -269,7 +273,10 @@ class BoundaryHugging:
             pending[layout.index] += 1
             if user.categories:
                 self._lower_cusums(user.categories, population, layout.index)
-            user.pending += (ts_ms, layout.index)
+            waiting = user.pending
+            waiting += (ts_ms, layout.index)
+            if len(waiting) >= MAX_PENDING:  # a path that never encodes (guardstream eval) must not grow without end
+                self.settle_user(user)
             return []
         self._flush(population)
         findings = self._fold(user, population, obs)
