@@ -330,7 +330,7 @@ class BoundaryHugging:
         if own:
             if one_layout:
                 keys = self._key_map(indices[0])
-                steps = self._steps(times)
+                steps, _ = self._decays(times[0], times[1:])
                 for category, stats in own.items():
                     if category in keys:
                         self._replay(stats, times, steps)
@@ -339,7 +339,7 @@ class BoundaryHugging:
                 for category, stats in own.items():
                     scored = [ts for ts, keys in zip(times, maps, strict=True) if category in keys]
                     if scored:
-                        self._replay(stats, scored, self._steps(scored))
+                        self._replay(stats, scored, self._decays(scored[0], scored[1:])[0])
         quiet_of: dict[int, list[str]] = {}
         for i, (ts_ms, index) in enumerate(zip(times, indices, strict=True)):
             quiet = quiet_of.get(index)
@@ -356,66 +356,47 @@ class BoundaryHugging:
                 else:
                     self._fold_groups(user, quiet, ts_ms)
 
-    def _steps(self, times: list[int]) -> list[float]:
-        """The decay at each decision after the first of a run, for counters last updated no later than the first
-        (they all move to each later time, or stay if it is earlier: ``last_ts`` only grows)."""
+    def _decays(self, last_ts: int, times: list[int]) -> tuple[list[float], int]:
+        """The decay at each of a run's decisions for counters last updated at ``last_ts`` (1 where event time did
+        not move on: ``last_ts`` only grows), and the ``last_ts`` they end with. _fold's expression, step by step."""
         half_life_ms = self._half_life_ms
-        steps = []
-        last_ts = times[0]
-        for ts_ms in times[1:]:
+        decays = []
+        for ts_ms in times:
             if ts_ms > last_ts:
-                steps.append(0.5 ** ((ts_ms - last_ts) / half_life_ms))
+                decays.append(0.5 ** ((ts_ms - last_ts) / half_life_ms))
                 last_ts = ts_ms
             else:
-                steps.append(1.0)
-        return steps
+                decays.append(1.0)
+        return decays, last_ts
 
     def _replay(self, stats: CategoryStats, times: list[int], steps: list[float]) -> None:
-        """_fold's arithmetic for a run of quiet decisions in one category of the user's own (``steps``: the
-        decays after the first decision, from :meth:`_steps`)."""
-        ewma_decisions, ewma_hugs, last_ts = stats.ewma_decisions, stats.ewma_hugs, stats.last_ts
-        first = times[0]
-        if first > last_ts:
-            decay = 0.5 ** ((first - last_ts) / self._half_life_ms)
-            last_ts = first
-        else:
-            decay = 1.0
-        ewma_decisions = ewma_decisions * decay + 1.0
-        ewma_hugs = ewma_hugs * decay + 0.0
-        if last_ts == first:  # the usual case: every later decision decays by the run's own steps
-            for decay in steps:
-                ewma_decisions = ewma_decisions * decay + 1.0
-            if ewma_hugs:  # 0 * decay + 0 stays 0
-                for decay in steps:
-                    ewma_hugs = ewma_hugs * decay + 0.0
+        """_fold's arithmetic for a run of quiet decisions in one category of the user's own. ``steps``: the decays
+        after the run's first decision, shared by every category last updated no later than it (the usual case)."""
+        if stats.last_ts <= times[0]:
+            decays, _ = self._decays(stats.last_ts, times[:1])
+            decays += steps
             last_ts = max(times)
         else:  # counters ahead of the run's first decision (event time out of order)
-            for ts_ms in times[1:]:
-                if ts_ms > last_ts:
-                    decay = 0.5 ** ((ts_ms - last_ts) / self._half_life_ms)
-                    last_ts = ts_ms
-                else:
-                    decay = 1.0
-                ewma_decisions = ewma_decisions * decay + 1.0
+            decays, last_ts = self._decays(stats.last_ts, times)
+        ewma_decisions = stats.ewma_decisions
+        for decay in decays:
+            ewma_decisions = ewma_decisions * decay + 1.0
+        ewma_hugs = stats.ewma_hugs
+        if ewma_hugs:  # 0 * decay + 0 stays 0
+            for decay in decays:
                 ewma_hugs = ewma_hugs * decay + 0.0
         stats.decisions += len(times)
         stats.ewma_decisions, stats.ewma_hugs, stats.last_ts = ewma_decisions, ewma_hugs, last_ts
 
     def _replay_group(self, group: QuietGroup, times: list[int]) -> None:
-        """_fold_group for a run of quiet decisions."""
-        half_life_ms = self._half_life_ms
-        ewma_decisions, last_ts, span = group.ewma_decisions, group.last_ts, group.span
-        for ts_ms in times:
-            elapsed = ts_ms - last_ts
-            if elapsed > 0:
-                decay = 0.5 ** (elapsed / half_life_ms)
-                span += elapsed
-                last_ts = ts_ms
-            else:
-                decay = 1.0
+        """_fold_group for a run of quiet decisions (its span grows by what its ``last_ts`` moves)."""
+        decays, last_ts = self._decays(group.last_ts, times)
+        ewma_decisions = group.ewma_decisions
+        for decay in decays:
             ewma_decisions = ewma_decisions * decay + 1.0
         group.decisions += len(times)
-        group.ewma_decisions, group.last_ts, group.span = ewma_decisions, last_ts, span
+        group.span += last_ts - group.last_ts
+        group.ewma_decisions, group.last_ts = ewma_decisions, last_ts
 
     def settle(self, population: HuggingPopulation) -> None:
         self._flush(population)
