@@ -82,6 +82,7 @@ class Engine:
 
     # -- state in and out ----------------------------------------------------------------------------
     def encode_user(self, state: dict[str, Any]) -> bytes:
+        """The user's state blob; folds in what detectors left pending in ``state`` first (it changes ``state``)."""
         self.settle_user(state)
         parts: dict[str, Any] = {}
         for name, key, _type, default in self._user_keys:

@@ -249,24 +249,29 @@ def summarize(plain: Timings, instrumented: Timings, batch: int, floor: Timings 
         "batch": batch,
         "events": plain.events,
         "batches": plain.batches,
-        "events_per_second": plain.events / plain.seconds if plain.seconds else None,
         # the plain pass: prepare (decode, dedup, observe), detect (detectors, sweep, the batch's tables),
         # sink (the store's transaction), settle (the young collection after the batch)
-        "us_per_event": {phase: plain.phases[phase] / n * 1e6 for phase in PHASES},
+        **_rates(plain),
         "items": items,  # the instrumented pass
-        # --floor: the same messages through an engine without detectors, right after the plain pass
-        "floor": None if floor is None else _floor(plain, floor),
+        # --floor: the same messages through an engine without detectors, right after the plain pass, and what the
+        # detectors add to the commit path as a share of the plain pass's time
+        "floor": None
+        if floor is None
+        else {**_rates(floor), "detectors_share": 1.0 - floor.seconds / plain.seconds if plain.seconds else None},
     }
 
 
-def _floor(plain: Timings, floor: Timings) -> dict[str, Any]:
-    n = floor.events or 1
+def _rates(timings: Timings) -> dict[str, Any]:
+    """A plain pass's events/s and µs per event in each phase."""
+    n = timings.events or 1
     return {
-        "events_per_second": floor.events / floor.seconds if floor.seconds else None,
-        "us_per_event": {phase: floor.phases[phase] / n * 1e6 for phase in PHASES},
-        # what the detectors add to the commit path, as a share of the plain pass's time
-        "detectors_share": 1.0 - floor.seconds / plain.seconds if plain.seconds else None,
+        "events_per_second": timings.events / timings.seconds if timings.seconds else None,
+        "us_per_event": {phase: timings.phases[phase] / n * 1e6 for phase in PHASES},
     }
+
+
+def _phases_text(us_per_event: dict[str, float]) -> str:
+    return " + ".join(f"{phase} {us_per_event[phase]:.1f}" for phase in PHASES)
 
 
 def run_commit_bench(
@@ -326,11 +331,9 @@ def print_commit_report(result: dict[str, Any], console: Console) -> None:
     from rich.table import Table
 
     for run in result["runs"]:
-        us = run["us_per_event"]
-        phases = " + ".join(f"{phase} {us[phase]:.1f}" for phase in PHASES)
         title = (
             f"commit path, batches of {run['batch']:,}: {run['events_per_second']:,.0f} events/s in one thread "
-            f"({phases} µs per event); where it goes, from a second, instrumented pass:"
+            f"({_phases_text(run['us_per_event'])} µs per event); where it goes, from a second, instrumented pass:"
         )
         table = Table(title=title, title_justify="left")
         for column in ("phase", "what", "µs/event", "ms/batch", "calls"):
@@ -347,9 +350,8 @@ def print_commit_report(result: dict[str, Any], console: Console) -> None:
         console.print(table)
         bare = run.get("floor")
         if bare is not None:
-            us = bare["us_per_event"]
-            phases = " + ".join(f"{phase} {us[phase]:.1f}" for phase in PHASES)
             console.print(
                 f"without detectors (the same messages, right after): {bare['events_per_second']:,.0f} events/s "
-                f"({phases} µs per event); the detectors take {bare['detectors_share']:.0%} of the commit path"
+                f"({_phases_text(bare['us_per_event'])} µs per event); the detectors take "
+                f"{bare['detectors_share']:.0%} of the commit path"
             )
