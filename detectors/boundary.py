@@ -301,19 +301,24 @@ class BoundaryHugging:
             key = keys.get(category)
             if key is None:
                 continue  # not scored in this decision
-            cfg = self.cfg
             pop = population.baselines[key]
             decisions = pop.decisions
             for layout in self._layouts_with[key]:
                 decisions += population.pending.get(layout, 0)
-            if decisions < cfg.min_population:
+            if decisions < self.cfg.min_population:
                 continue
-            p0 = (pop.hugs + 0.5) / (decisions + 1.0)
-            if p0 < cfg.population_floor:
-                p0 = cfg.population_floor
-            p1 = min(0.5, max(cfg.cusum_shift * p0, cfg.cusum_min_alternative))
+            p0, p1 = self._shares(pop.hugs, decisions)
             if p1 > p0:
                 stats.cusum = max(0.0, stats.cusum + math.log((1.0 - p1) / (1.0 - p0)))
+
+    def _shares(self, hugs: int, decisions: int) -> tuple[float, float]:
+        """The CUSUM's two hypotheses: the population's hugging share (:func:`population_share` of these counts) and
+        the share it is tested against."""
+        cfg = self.cfg
+        p0 = (hugs + 0.5) / (decisions + 1.0)
+        if p0 < cfg.population_floor:
+            p0 = cfg.population_floor
+        return p0, min(0.5, max(cfg.cusum_shift * p0, cfg.cusum_min_alternative))
 
     def settle_user(self, user: HuggingUser) -> None:
         """Fold the user's pending quiet decisions into their counters, in order: each own category in one pass
@@ -444,7 +449,7 @@ class BoundaryHugging:
         near_floor = 1.0 - 3.0 * cfg.band
         baselines = population.baselines
         user_categories = user.categories
-        min_population, floor = cfg.min_population, cfg.population_floor
+        min_population = cfg.min_population
         half_life_ms = self._half_life_ms
         keys = self._keys
         policy_version = event.policy_version
@@ -491,10 +496,7 @@ class BoundaryHugging:
                 continue  # the CUSUM can only fall, and stops at 0; only a hugging decision changes a verdict
             if pop.decisions < min_population:
                 continue  # warm-up: the population share is not yet worth comparing against
-            p0 = (pop.hugs + 0.5) / (pop.decisions + 1.0)  # population_share(), inlined
-            if p0 < floor:
-                p0 = floor
-            p1 = min(0.5, max(cfg.cusum_shift * p0, cfg.cusum_min_alternative))
+            p0, p1 = self._shares(pop.hugs, pop.decisions)
             if p1 > p0:
                 llr = math.log(p1 / p0) if hugging else math.log((1.0 - p1) / (1.0 - p0))
                 stats.cusum = max(0.0, stats.cusum + llr)
