@@ -157,10 +157,9 @@ class OutputBypass:
         else:
             if pending is not None and pending.output_blocked is not None:
                 return []  # a replayed output
-            hot = obs.hot_outcomes
             blocked = (
-                {category: score for category, score, _h, hit in hot if hit}
-                if hot and event.decision != "allow"
+                {category: score for category, score, _h, hit in obs.hot_outcomes if hit}
+                if obs.blocked and event.decision != "allow"
                 else {}
             )
             if pending is None:

@@ -341,7 +341,7 @@ class JudgeDisagreement:
             event.request_id or event.event_id,
             obs.ts_ms,
             event.stage,
-            not any(blocked for *_, blocked in obs.hot_outcomes),
+            not obs.blocked,
             event.guardrail.name,
             event.policy_version or "-",
             category,

@@ -198,11 +198,9 @@ def fold(c: ProfileCounters, obs: Observation, band: float) -> None:
     """Fold one threshold-stage decision into the counters (the SQL in streams/train.py mirrors this)."""
     event = obs.event
     c.decisions += 1
-    hot = obs.hot_outcomes
-    blocked = any(o[3] for o in hot) if hot else False  # most have none: no generator for them
+    blocked = bool(obs.blocked)
     c.blocks += blocked
-    if hot:
-        c.hugs += any(o[2] for o in hot)
+    c.hugs += bool(obs.hugging)
     peak_category, peak_ratio = obs.peak if obs.peak is not None else peak(obs.outcomes, event.thresholds)
     c.peak_ratio_sum += peak_ratio
     if 1.0 - 3.0 * band <= peak_ratio < 1.0 - band:

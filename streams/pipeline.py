@@ -26,7 +26,7 @@ import pyarrow as pa
 from msgspec.structs import astuple
 
 from detectors.alerts import AlertChange, AlertState
-from detectors.base import CategoryOutcome, Observation, layout_of
+from detectors.base import Observation, layout_of
 from detectors.engine import Engine
 from detectors.events import Decision, Rejection, decode
 from streams.store import Applied, Checkpoint, PartitionCheckpoint
@@ -56,16 +56,15 @@ class DeadLetter(msgspec.Struct, frozen=True, gc=False):
     event_id: str | None = None
 
 
-_NONE: tuple[str, ...] = ()
+_NO_PEAK = (None, 0.0)  # no category scored against a threshold
 
 
 class Accepted(msgspec.Struct, frozen=True, gc=False):
+    """A decision that passed decoding and checks, with its message and what :func:`observe` made of it (its
+    hugging and blocked categories, peak and smallest margin: the columns ``decision_rows`` adds to the event)."""
+
     message: Message
     obs: Observation
-    hugging: Sequence[str]
-    blocked: Sequence[str]
-    peak_category: str | None
-    peak_ratio: float
 
     @property
     def event(self) -> Decision:
@@ -183,12 +182,7 @@ class Pipeline:
                 detail = f"ts {result.ts.isoformat()} is {ahead:,.0f}s after the record was produced"
                 out.dead_letters.append(DeadLetter(msg, "future_timestamp", detail, result.event_id))
                 continue
-            obs = observe(result, ts_ms)
-            hot = obs.hot_outcomes  # every hugging or blocked category is hot
-            hugging = [o[0] for o in hot if o[2]] if hot else _NONE
-            blocked = [o[0] for o in hot if o[3]] if hot else _NONE
-            peak_category, peak_ratio = obs.peak or (None, 0.0)
-            accepted.append(Accepted(msg, obs, hugging, blocked, peak_category, peak_ratio))
+            accepted.append(Accepted(msg, observe(result, ts_ms)))
         return out
 
     def commit(self, prepared: Prepared, failed: Mapping[str, DeadLetter] | None = None) -> Outcome:
@@ -251,7 +245,8 @@ class Pipeline:
         for item in batch:
             event = item.obs.event
             outcome.new.append(item)
-            outcome.decision_counts[(event.stage, event.guardrail.name, event.decision, item.peak_category)] += 1
+            peak = item.obs.peak
+            outcome.decision_counts[(event.stage, event.guardrail.name, event.decision, peak[0] if peak else None)] += 1
             letter = failed.get(event.event_id)
             if letter is not None:
                 outcome.dead_letters.append(letter)
@@ -313,14 +308,15 @@ class Pipeline:
         n = len(accepted)
         # one pass over the batch's objects for what is not in the decoded struct (each pass is a walk over
         # thousands of objects no longer in the CPU's caches)
-        observations, ts_ms, min_margin, peak_ratio, peak_category, hugging, blocked, partitions, offsets_ = zip(
+        observations, ts_ms, min_margin, peaks, hugging, blocked, partitions, offsets_ = zip(
             *[
-                (o, o.ts_ms, o.min_margin, a.peak_ratio, a.peak_category, a.hugging, a.blocked, m.partition, m.offset)
+                (o, o.ts_ms, o.min_margin, o.peak or _NO_PEAK, o.hugging, o.blocked, m.partition, m.offset)
                 for a in accepted
                 for o, m in ((a.obs, a.message),)
             ],
             strict=True,
         )
+        peak_category, peak_ratio = zip(*peaks, strict=True)
         events = [o.event for o in observations]
         columns = dict(zip(DECISION_FIELDS, zip(*map(astuple, events), strict=True), strict=True))
         guardrails = columns["guardrail"]
@@ -456,8 +452,8 @@ def _daily_table(batch: list[Accepted], counts: Counter[tuple[str, str, str]]) -
     """The batch's rows for ``user_category_daily`` (one per user, category and UTC day of event time, over the
     categories a decision has both a score and a threshold for), and the per-category outcome counts for the
     metrics. Decisions and score sums come from every score of the batch at once (numpy, in event order, so each
-    sum adds up exactly as one score after another would); blocks and hugs from the hot outcomes ``observe`` kept,
-    as every blocked or hugging category is hot."""
+    sum adds up exactly as one score after another would); blocks and hugs from the categories ``observe`` found
+    blocked and hugging."""
     groups: dict[tuple[str, str, int], int] = {}  # (tenant, user_id, day) -> row group
     columns: dict[str, int] = {}  # category -> column
     layout_columns: dict[int, list[int]] = {}  # id(layout) -> its categories' columns
@@ -467,7 +463,7 @@ def _daily_table(batch: list[Accepted], counts: Counter[tuple[str, str, str]]) -
     sizes: list[int] = []
     cells: list[list[int]] = []
     values: list[Iterable[float]] = []
-    hot: list[tuple[int, str, CategoryOutcome]] = []
+    hot: list[tuple[int, str, str, bool]] = []  # row group, stage, category, blocked (else hugging)
     for item in batch:
         obs = item.obs
         event = obs.event
@@ -487,9 +483,10 @@ def _daily_table(batch: list[Accepted], counts: Counter[tuple[str, str, str]]) -
         cells.append(cats)
         scores = event.scores
         values.append(scores.values() if layout.all_scored else [scores[c] for c in layout.categories])
-        for outcome in obs.hot_outcomes:
-            if outcome[2] or outcome[3]:
-                hot.append((group, event.stage, outcome))
+        for category in obs.hugging:
+            hot.append((group, event.stage, category, False))
+        for category in obs.blocked:
+            hot.append((group, event.stage, category, True))
     if not owners:
         return None
     width = len(columns)
@@ -506,7 +503,7 @@ def _daily_table(batch: list[Accepted], counts: Counter[tuple[str, str, str]]) -
     stage_names = list(stage_codes)
     per_stage = np.bincount(np.repeat(np.asarray(stages, np.int64), sizes) * width + column_of, minlength=4 * width)
     moved: Counter[tuple[str, str, str]] = Counter()
-    for group, stage, (category, _score, _hugging, blocked) in hot:
+    for group, stage, category, blocked in hot:
         index = group * width + columns[category]
         if blocked:
             blocks[index] += 1
