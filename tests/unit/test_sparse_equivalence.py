@@ -22,8 +22,8 @@ from streams.simulator import SimConfig, simulate
 
 def varied_stream(seed: int) -> list[Decision]:
     """Planted attackers and a policy change, and more than one layout per guardrail: a second tenant, a policy of
-    its own with two lower thresholds, decisions without a threshold for one category, and a few decisions whose
-    top scores tie or sit within a rounding step of each other."""
+    its own with two lower thresholds, decisions without a threshold for one category, a few decisions whose
+    top scores tie or sit within a rounding step of each other, and a few scored exactly at a threshold."""
     rng = random.Random(seed)
     raw = simulate(SimConfig(users=160, days=3, seed=seed, policy_change_day=2.0)).events
     for i, e in enumerate(raw):
@@ -40,6 +40,11 @@ def varied_stream(seed: int) -> list[Decision]:
         if i % 89 == 0 and e["scores"]:
             top = max(e["scores"], key=e["scores"].get)
             e["scores"][top] = rng.choice([0.0, 0.1999999999, 0.2, 0.3999999999999999])
+        if i % 83 == 0 and e["scores"]:
+            scored = [c for c in e["scores"] if c in e["thresholds"]]
+            if scored:  # a score right at the threshold: margin 0 is blocked, not hugging
+                category = rng.choice(scored)
+                e["scores"][category] = e["thresholds"][category]
     out = []
     for e in raw:
         d = decode(orjson.dumps(e))
@@ -88,7 +93,7 @@ def test_the_engine_shortcuts_give_what_every_outcome_one_by_one_gives(config: D
     assert fast == slow
 
 
-def test_observe_agrees_with_the_loop_on_peak_top_margin_and_hot() -> None:
+def test_observe_agrees_with_the_loop_on_peak_top_margin_hot_hugging_and_blocked() -> None:
     engine = build_engine()
     for e in varied_stream(5):
         fast = engine.observe(e, 0)
@@ -101,3 +106,6 @@ def test_observe_agrees_with_the_loop_on_peak_top_margin_and_hot() -> None:
         assert {o[0] for o in fast.hot_outcomes} == hot
         assert [o for o in full if o[0] in hot] == fast.hot_outcomes
         assert fast.layout is layout_of(e)
+        hand = by_hand(e, engine.band)
+        assert list(fast.hugging) == list(loop.hugging) == list(hand.hugging) == [c for c, _s, h, _b in full if h]
+        assert list(fast.blocked) == list(loop.blocked) == list(hand.blocked) == [c for c, _s, _h, b in full if b]
