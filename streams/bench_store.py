@@ -72,6 +72,9 @@ QUICK: dict[str, tuple[int, ...]] = {"decisions": (100_000,), "users": (10_000,)
 SINK_BATCH = int(Settings.model_fields["batch_max_events"].default)  # the worker's default batch
 CHECKPOINT_THRESHOLD = str(Settings.model_fields["duckdb_checkpoint_threshold"].default)  # the worker's
 LEGACY_MAX = 1_000_000  # the layout before migration 003 is measured side by side up to this size
+# Side by side: a store attached with this row group size, written in batches as large (Settings.duckdb_row_group_size
+# with batch_max_events to match): each commit's decisions go to the file compressed, past the WAL
+ROW_GROUP_ROWS = 32_768
 STATE_TARGET_BYTES = 1024  # issue 6: at most 1 KB of state per tracked user
 PARTITIONS = 4  # the default topic_partitions
 LATENCY_USERS = 200  # sampled users per layout: half drawn per user (mostly light), half per decision (heavy)
@@ -191,6 +194,7 @@ def print_store_report(result: dict[str, Any], console: Console) -> None:
             "before 003",
             "file",
             "bytes/row",
+            f"{ROW_GROUP_ROWS:,}-row groups: rows/s / max batch ms / file",
             "seconds",
         ):
             t.add_column(col, justify="right")
@@ -205,6 +209,9 @@ def print_store_report(result: dict[str, Any], console: Console) -> None:
                 f"{r['legacy_rows_per_second']:,.0f}" if r.get("legacy_rows_per_second") else "-",
                 _size(r["file_bytes"]),
                 f"{r['file_bytes'] / r['decisions']:,.0f}",
+                f"{g['rows_per_second']:,.0f} / {g['batch_ms_max']:,.0f} / {_size(g['file_bytes'])}"
+                if (g := r.get("row_groups"))
+                else "-",
                 f"{r['seconds']['total']:,.0f}",
             )
         console.print(t)
@@ -213,7 +220,11 @@ def print_store_report(result: dict[str, Any], console: Console) -> None:
             f"  Pipeline._decisions_table builds {b['rows_per_second']:,.0f} rows/s "
             f"({b['rows']:,} simulator decisions); 'with table build' = build + insert, one after the other; "
             f"'before 003' = the same rows into the layout before migration 003 (MAP columns, event_id primary "
-            f"key; up to {LEGACY_MAX:,} rows)."
+            f"key; up to {LEGACY_MAX:,} rows). '{ROW_GROUP_ROWS:,}-row groups' = the same rows into a store "
+            f"attached with that row group size, in batches as large (GUARDSTREAM_DUCKDB_ROW_GROUP_SIZE and "
+            f"GUARDSTREAM_BATCH_MAX_EVENTS {ROW_GROUP_ROWS}): each commit's decisions go to the file compressed, "
+            f"past the WAL; the default's largest batch took {max(r['batch_ms_max'] for r in result['ingest']):,.0f} "
+            "ms (a commit that checkpoints the WAL)."
         )
     if result["investigate"]:
         t = Table(title="investigation latency, ms (p50 / p95 / max) over sampled users")
@@ -385,8 +396,22 @@ def _ingest(work: Path, n: int, schema: pa.Schema, build_rps: float, keep: bool,
             old.close()
         legacy_path.unlink()
 
+    # Side by side: the same rows into a store attached with ROW_GROUP_ROWS-row row groups, in batches as large
+    grouped_path = work / f"ingest-{n}-row-groups.duckdb"
+    grouped_path.unlink(missing_ok=True)
+    grouped_store = Store(grouped_path, checkpoint_threshold=CHECKPOINT_THRESHOLD, row_group_size=ROW_GROUP_ROWS)
+    try:
+        grouped = _write(
+            grouped_store, generator, f"insert {n:,} decisions, {ROW_GROUP_ROWS:,}-row row groups", bar, ROW_GROUP_ROWS
+        )
+    finally:
+        grouped_store.close()
+    grouped_bytes = grouped_path.stat().st_size
+    if not keep:
+        grouped_path.unlink()
+
     insert_rps = n / insert.seconds
-    runs = [w for w in (insert, replay, legacy) if w is not None]
+    runs = [w for w in (insert, replay, legacy, grouped) if w is not None]
     return {
         "decisions": n,
         "batch_rows": SINK_BATCH,
@@ -401,11 +426,23 @@ def _ingest(work: Path, n: int, schema: pa.Schema, build_rps: float, keep: bool,
         "last_tenth_rows_per_second": insert.tail_rows_per_second(),
         "legacy_rows_per_second": n / legacy.seconds if legacy else None,
         "file_bytes": file_bytes,
+        "batch_ms_max": 1000 * max(insert.batch_seconds),
+        # the same rows into a store with ROW_GROUP_ROWS-row row groups, in ROW_GROUP_ROWS-row batches
+        "row_groups": {
+            "rows": ROW_GROUP_ROWS,
+            "batch_rows": ROW_GROUP_ROWS,
+            "rows_per_second": n / grouped.seconds,
+            "last_tenth_rows_per_second": grouped.tail_rows_per_second(),
+            "batch_ms": _stats([1000 * b for b in grouped.batch_seconds]),
+            "batch_ms_max": 1000 * max(grouped.batch_seconds),
+            "file_bytes": grouped_bytes,
+        },
         "seconds": {
             "generate": round(sum(w.generate for w in runs), 1),
             "insert": round(insert.seconds, 1),
             "replay": round(replay.seconds, 1),
             "insert legacy": round(legacy.seconds, 1) if legacy else None,
+            "insert row groups": round(grouped.seconds, 1),
             "total": round(sum(w.seconds + w.generate for w in runs), 1),
         },
     }
@@ -418,49 +455,84 @@ class _Written:
     batches: int = 0
     new: int = 0  # event_ids insert_decisions reported as new
     batch_seconds: list[float] = field(default_factory=list)
+    batch_rows: list[int] = field(default_factory=list)
 
     def tail_rows_per_second(self) -> float:
         """Over the last tenth of the batches: does the insert slow down as the table and its key grow?"""
-        tail = self.batch_seconds[-max(1, len(self.batch_seconds) // 10) :]
-        return SINK_BATCH * len(tail) / sum(tail)
+        tail = max(1, len(self.batch_seconds) // 10)
+        return sum(self.batch_rows[-tail:]) / sum(self.batch_seconds[-tail:])
 
 
-def _write(store: Store, generator: _DecisionGenerator, label: str, bar: Progress, legacy: bool = False) -> _Written:
-    """Every generated row through the sink's transaction, one sink batch at a time; only that is timed.
+def _write(
+    store: Store,
+    generator: _DecisionGenerator,
+    label: str,
+    bar: Progress,
+    batch_rows: int = SINK_BATCH,
+    *,
+    legacy: bool = False,
+) -> _Written:
+    """Every generated row through the sink's transaction, ``batch_rows`` at a time; only that is timed.
     ``legacy``: into a store laid out as before migration 003 (see :func:`_legacy_store`), as the sink wrote it."""
     n = generator.n
     out = _Written()
-    task = bar.add_task(f"{label}, {SINK_BATCH:,}-row batches", total=n)
+    task = bar.add_task(f"{label}, {batch_rows:,}-row batches", total=n)
     generator.reset()
     conn = store.conn
+    for batch, batch_offsets in _batches(generator, batch_rows, out, legacy):
+        checkpoint = Checkpoint(topic="bench", offsets=batch_offsets)
+        t0 = time.perf_counter()
+        store.begin()
+        if legacy:
+            conn.register("legacy_batch", batch)
+            new = len(
+                conn.execute(
+                    "INSERT INTO decisions BY NAME SELECT * FROM legacy_batch ON CONFLICT DO NOTHING RETURNING event_id"
+                ).fetchall()
+            )
+            conn.unregister("legacy_batch")
+        else:
+            new = 0 if store.insert_decisions(batch, generator.layouts) else batch.num_rows
+        store.finish(checkpoint)
+        elapsed = time.perf_counter() - t0
+        out.seconds += elapsed
+        out.batch_seconds.append(elapsed)
+        out.batch_rows.append(batch.num_rows)
+        out.batches += 1
+        out.new += new
+        bar.advance(task, batch.num_rows)
+    return out
+
+
+def _batches(
+    generator: _DecisionGenerator, batch_rows: int, out: _Written, legacy: bool
+) -> Iterator[tuple[pa.Table, dict[int, int]]]:
+    """The generated rows in ``batch_rows``-row batches (the last may be short), with each batch's offsets. The
+    rows come in chunks of GENERATE_CHUNK; a batch can span two (the generator's time goes to ``out``)."""
+    n = generator.n
+    carry: pa.Table | None = None  # the end of the last chunk, short of a batch
+    carried: dict[int, int] = {}
     for index, first in enumerate(range(0, n, GENERATE_CHUNK)):
         t0 = time.perf_counter()
         table, offsets = generator.chunk(index, first, min(GENERATE_CHUNK, n - first), legacy=legacy)
         out.generate += time.perf_counter() - t0
-        for start in range(0, table.num_rows, SINK_BATCH):
-            batch = table.slice(start, SINK_BATCH)
-            checkpoint = Checkpoint(topic="bench", offsets=offsets(start, batch.num_rows))
-            t0 = time.perf_counter()
-            store.begin()
-            if legacy:
-                conn.register("legacy_batch", batch)
-                new = len(
-                    conn.execute(
-                        "INSERT INTO decisions BY NAME SELECT * FROM legacy_batch ON CONFLICT DO NOTHING "
-                        "RETURNING event_id"
-                    ).fetchall()
-                )
-                conn.unregister("legacy_batch")
-            else:
-                new = 0 if store.insert_decisions(batch, generator.layouts) else batch.num_rows
-            store.finish(checkpoint)
-            elapsed = time.perf_counter() - t0
-            out.seconds += elapsed
-            out.batch_seconds.append(elapsed)
-            out.batches += 1
-            out.new += new
-            bar.advance(task, batch.num_rows)
-    return out
+        start = 0
+        if carry is not None:
+            head = table.slice(0, batch_rows - carry.num_rows)
+            start = head.num_rows
+            taken = offsets(0, start)
+            yield pa.concat_tables([carry, head]), {p: max(carried.get(p, 0), taken.get(p, 0)) for p in carried | taken}
+            carry = None
+        last = first + GENERATE_CHUNK >= n
+        while start < table.num_rows:
+            length = min(batch_rows, table.num_rows - start)
+            if length < batch_rows and not last:
+                carry, carried = table.slice(start, length), offsets(start, length)
+                break
+            yield table.slice(start, length), offsets(start, length)
+            start += length
+    if carry is not None:
+        yield carry, carried
 
 
 def _legacy_store(path: Path) -> Store:

@@ -20,7 +20,7 @@ from streams.broker import client_kwargs
 from streams.heap import Heap
 from streams.pipeline import DeadLetter, Message, Pipeline
 from streams.settings import Settings
-from streams.store import Store
+from streams.store import Store, open_store
 from streams.worker import build_pipeline
 
 
@@ -79,7 +79,7 @@ async def rebuild(
         tps = [TopicPartition(settings.decisions_topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        store = Store(settings.db, checkpoint_threshold=settings.duckdb_checkpoint_threshold)
+        store = open_store(settings)
         pipeline = build_pipeline(settings, store)
         pipeline.assign(set(partitions))
         size = batch_size or settings.batch_max_events

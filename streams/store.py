@@ -14,14 +14,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+if TYPE_CHECKING:
+    from streams.settings import Settings
+
 VERDICTS = ("confirmed", "false_positive")
+STORE_CATALOG = "guardstream_store"  # the store's name on a connection that attached it (a row group size set)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR_MS = 3_600_000
 # a decision's event-time hour and dedup key (see pipeline.event_key), in SQL over a batch's decisions
@@ -132,13 +136,18 @@ def parse_query_body(body: bytes, content_type: str | None = None) -> tuple[str,
     return payload["sql"], params
 
 
-def run_read_only(conn: duckdb.DuckDBPyConnection, sql: str, params: QueryParams | None = None) -> pa.Table:
+def run_read_only(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: QueryParams | None = None, catalog: str | None = None
+) -> pa.Table:
     """Run a read-only query on a cursor inside a transaction that is always rolled back.
 
-    ``params`` binds DuckDB named parameters (``$name``) of the last statement."""
+    ``params`` binds DuckDB named parameters (``$name``) of the last statement. ``catalog``: the database the
+    cursor starts in, when it is not the connection's first (a store attached with a row group size)."""
     check_read_only(sql)
     cursor = conn.cursor()
     try:
+        if catalog is not None:
+            cursor.execute(f"USE {catalog}")
         # a name that is no table must not resolve to a Python object of this process (DuckDB's replacement scans,
         # which the writer's connection uses for its own batches)
         cursor.execute("SET python_enable_replacements = false")
@@ -204,12 +213,28 @@ class Applied(msgspec.Struct, frozen=True):
 class Store:
     """The single writer. Every method runs on the caller's thread; one batch at a time."""
 
-    def __init__(self, path: Path | str, *, checkpoint_threshold: str | None = None, upto: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        checkpoint_threshold: str | None = None,
+        upto: int | None = None,
+        row_group_size: int | None = None,
+    ) -> None:
         """``upto`` stops the schema at that migration: how tests and the side-by-side benchmark build a store
-        as an earlier version wrote it."""
+        as an earlier version wrote it. ``row_group_size``: see ``Settings.duckdb_row_group_size``."""
         self.path = Path(path)
+        # DuckDB takes a row group size only as an option of ATTACH: the file is then attached to an in-memory
+        # database and made this connection's default; a cursor starts in the in-memory one (run_read_only).
+        self.catalog: str | None = STORE_CATALOG if row_group_size else None
         try:
-            self.conn = duckdb.connect(str(self.path))
+            if row_group_size:
+                self.conn = duckdb.connect(":memory:")
+                location = str(self.path).replace("'", "''")
+                self.conn.execute(f"ATTACH '{location}' AS {STORE_CATALOG} (ROW_GROUP_SIZE {int(row_group_size)})")
+                self.conn.execute(f"USE {STORE_CATALOG}")
+            else:
+                self.conn = duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
             raise StoreLocked(self.path, exc) from exc
         if checkpoint_threshold:
@@ -547,7 +572,16 @@ class Store:
 
     def query(self, sql: str, params: QueryParams | None = None) -> pa.Table:
         """Safe from any thread while the writer works: a separate cursor sees committed snapshots."""
-        return run_read_only(self._reader, sql, params)
+        return run_read_only(self._reader, sql, params, self.catalog)
+
+
+def open_store(settings: Settings) -> Store:
+    """The writer's store, as the settings configure it (worker, writer and rebuild alike)."""
+    return Store(
+        settings.db,
+        checkpoint_threshold=settings.duckdb_checkpoint_threshold,
+        row_group_size=settings.duckdb_row_group_size,
+    )
 
 
 class StoreLocked(RuntimeError):

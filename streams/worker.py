@@ -21,7 +21,7 @@ from streams.detector_config import load_detector_config
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, Sink
 from streams.settings import Settings
-from streams.store import Store
+from streams.store import Store, open_store
 
 log = logging.getLogger("guardstream.worker")
 
@@ -71,7 +71,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         sink = remote_sink(settings)
         log.warning("committing to the writer at %s", settings.writer_url)
     else:
-        sink = store = Store(settings.db, checkpoint_threshold=settings.duckdb_checkpoint_threshold)
+        sink = store = open_store(settings)
     asyncio.run(ensure_topics(settings))
     pipeline = build_pipeline(settings, sink)
     service = Service(settings, store, pipeline, Metrics())

@@ -51,7 +51,7 @@ from streams.endpoints import AUTH_CHALLENGE, answer_query, authorized, record_v
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.outbox import publish_outbox
 from streams.settings import Settings
-from streams.store import Applied, Checkpoint, PartitionCheckpoint, Store
+from streams.store import Applied, Checkpoint, PartitionCheckpoint, Store, open_store
 
 log = logging.getLogger("guardstream.writer")
 T = TypeVar("T")
@@ -437,7 +437,7 @@ def run_writer(settings: Settings) -> None:
 
     if settings.web_port == 0:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
-    store = Store(settings.db, checkpoint_threshold=settings.duckdb_checkpoint_threshold)
+    store = open_store(settings)
     announce_path = service_file(settings.db)
 
     def announce(url: str) -> None:

@@ -53,6 +53,30 @@ def test_ingest_stores_every_decision_once_and_a_replay_adds_none(result: dict[s
     finally:
         conn.close()
     assert offsets == stored  # each batch's checkpoint covered exactly the offsets it wrote
+    grouped = ingest["row_groups"]  # the same rows, side by side, into a store with smaller row groups
+    assert grouped["rows"] == bench_store.ROW_GROUP_ROWS and grouped["rows_per_second"] > 0
+    assert grouped["file_bytes"] > 0 and grouped["batch_ms_max"] > 0 and grouped["batch_ms"]["p50"] > 0
+
+
+def test_batches_span_the_generated_chunks(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch larger than what is left of a generated chunk takes the rest from the next: every batch but the
+    last is full, every row comes once and in order, and each batch's offsets are its own rows' (+1)."""
+    schema = bench_store._reference_schema(workdir)
+    generator = bench_store._DecisionGenerator(DECISIONS, schema)
+    monkeypatch.setattr(bench_store, "GENERATE_CHUNK", 7_000)
+    chunks = [
+        generator.chunk(i, first, min(7_000, DECISIONS - first))[0]
+        for i, first in enumerate(range(0, DECISIONS, 7_000))
+    ]
+    generator.reset()
+    batches = list(bench_store._batches(generator, 3_000, bench_store._Written(), legacy=False))
+    assert [b.num_rows for b, _ in batches] == [3_000] * 6 + [2_000]
+    ids = [i for b, _ in batches for i in b.column("event_id").to_pylist()]
+    assert ids == [i for c in chunks for i in c.column("event_id").to_pylist()]
+    for batch, offsets in batches:
+        parts = batch.column("kafka_partition").to_pylist()
+        offs = batch.column("kafka_offset").to_pylist()
+        assert offsets == {p: max(o for q, o in zip(parts, offs, strict=True) if q == p) + 1 for p in set(parts)}
 
 
 def _consistent(row: dict[str, Any]) -> None:

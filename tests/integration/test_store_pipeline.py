@@ -148,6 +148,42 @@ def test_a_restart_mid_stream_gives_the_same_result_as_one_run(tmp_path: Path, s
     assert snapshot(two) == snapshot(one)
 
 
+def test_a_store_with_a_row_group_size_stores_the_same_in_row_groups_that_size(
+    tmp_path: Path, stream: list[Message]
+) -> None:
+    """GUARDSTREAM_DUCKDB_ROW_GROUP_SIZE: the file is attached with the option; every table, query and restart
+    works as with the default, and a commit of more decisions than a row group writes row groups of that size."""
+    plain = tmp_path / "plain.duckdb"
+    p = pipeline(plain)
+    process(p, stream, batch=5000)
+    p.store.close()
+
+    grouped = tmp_path / "grouped.duckdb"
+    for cut in (len(stream) // 2, len(stream)):  # a restart halfway: state and offsets from the attached file
+        store = Store(grouped, row_group_size=2048)
+        p = Pipeline(store, build_engine(DetectorConfig(hugging=HuggingConfig(min_population=200))), topic=TOPIC)
+        p.assign({0, 1})
+        process(p, stream[:cut], batch=5000)
+        written = store.conn.execute("SELECT count(*) FROM decision_rows").fetchone()
+        assert written is not None and written[0] > 0
+        # a query runs on a cursor of its own, which starts in the attached file too
+        assert store.query("SELECT count(*) AS n FROM decisions").to_pylist() == [{"n": written[0]}]
+        store.close()
+    assert snapshot(grouped) == snapshot(plain)
+    conn = open_read_only(grouped)
+    try:
+        sizes = [
+            n
+            for (n,) in conn.execute(
+                "SELECT sum(count) FROM pragma_storage_info('decision_rows') "
+                "WHERE column_name = 'ts' AND segment_type <> 'VALIDITY' GROUP BY row_group_id"
+            ).fetchall()
+        ]
+    finally:
+        conn.close()
+    assert max(sizes) == 2048 and len(sizes) > 1
+
+
 def test_the_query_path_is_read_only(tmp_path: Path) -> None:
     store = Store(tmp_path / "q.duckdb")
     assert run_read_only(store.conn, "SELECT count(*) AS n FROM decisions").to_pylist() == [{"n": 0}]
