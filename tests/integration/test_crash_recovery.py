@@ -48,6 +48,18 @@ def snapshot(db: Path) -> dict[str, list[Any]]:
         conn.close()
 
 
+def row_group_sizes(db: Path) -> set[int]:
+    conn = open_read_only(db)
+    try:
+        rows = conn.execute(
+            "SELECT sum(count) FROM pragma_storage_info('decision_rows') "
+            "WHERE column_name = 'ts' AND segment_type <> 'VALIDITY' GROUP BY row_group_id"
+        ).fetchall()
+    finally:
+        conn.close()
+    return {int(n) for (n,) in rows}
+
+
 def offline_truth(settings: Settings, records: list[Any], db: Path) -> None:
     messages = [Message(r.partition, r.offset, r.key, r.value, r.timestamp) for r in records]
     pipeline = Pipeline(Store(db), build_engine(), topic=settings.decisions_topic)
@@ -87,7 +99,17 @@ def committed(url: str) -> int:
     return sum(p["next_offset"] for p in get_json(url + "/status")["partitions"].values())
 
 
-def test_kill_9_mid_stream_then_restart_equals_one_clean_pass(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("batch", "row_group"),
+    [
+        pytest.param("700", None, id="default-row-groups"),
+        # every full batch is written to the file past the WAL (an optimistic write) when the kill lands mid-commit
+        pytest.param("2100", "2048", id="2048-row-groups"),
+    ],
+)
+def test_kill_9_mid_stream_then_restart_equals_one_clean_pass(
+    settings: Settings, tmp_path: Path, batch: str, row_group: str | None
+) -> None:
     rng = random.Random(2026)
     sim = simulate(SimConfig(users=250, days=3, seed=11))
     events = sim.events + [dict(e) for e in sim.events[::53]]  # copies of event_ids at new offsets
@@ -100,7 +122,9 @@ def test_kill_9_mid_stream_then_restart_equals_one_clean_pass(settings: Settings
     offline_truth(settings, records, truth_db)
 
     env = env_for(settings)
-    env["GUARDSTREAM_BATCH_MAX_EVENTS"] = "700"  # many batches, so kills land mid-stream and mid-batch
+    env["GUARDSTREAM_BATCH_MAX_EVENTS"] = batch  # many batches, so kills land mid-stream and mid-batch
+    if row_group is not None:
+        env["GUARDSTREAM_DUCKDB_ROW_GROUP_SIZE"] = row_group
     for i, fraction in enumerate(sorted(rng.uniform(0.1, 0.9) for _ in range(3))):
         run_worker(env, tmp_path / f"worker-{i}.log", kill_at=fraction * total, total=total)
     run_worker(env, tmp_path / "worker-last.log", kill_at=None, total=total)
@@ -111,6 +135,8 @@ def test_kill_9_mid_stream_then_restart_equals_one_clean_pass(settings: Settings
     assert streamed["changes"], "the simulated attackers raise alerts"
     for table in TABLES:
         assert streamed[table] == truth[table], f"{table} differs from the offline ground truth"
+    if row_group is not None:  # the workers wrote row groups of that size: the setting took effect
+        assert int(row_group) in row_group_sizes(settings.db)
 
     # Replay idempotence: a worker in a new consumer group re-reads the whole topic from offset 0 into
     # the existing store: nothing changes.
@@ -119,7 +145,9 @@ def test_kill_9_mid_stream_then_restart_equals_one_clean_pass(settings: Settings
     assert snapshot(settings.db) == truth
 
     # Rebuild: a new store recomputed from the topic equals the one the workers built.
-    rebuilt = settings.with_overrides(db=tmp_path / "rebuilt.duckdb")
+    rebuilt = settings.with_overrides(
+        db=tmp_path / "rebuilt.duckdb", duckdb_row_group_size=int(row_group) if row_group else None
+    )
     result = asyncio.run(rebuild(rebuilt, idle_seconds=2.0))
     assert result.messages == total and result.decisions == len(sim.events)
     assert snapshot(rebuilt.db) == truth
