@@ -579,7 +579,7 @@ def verdict(
     import urllib.error
     import urllib.request
 
-    from streams.store import Store, StoreLocked
+    from streams.store import StoreLocked, open_store
     from streams.worker import running_service
 
     settings = Settings().with_overrides(db=db)
@@ -601,7 +601,7 @@ def verdict(
         if not settings.db.exists():
             raise fail(f"no database at {settings.db}: pass --db")
         try:
-            store = Store(settings.db)
+            store = open_store(settings)
         except StoreLocked as exc:
             raise fail(str(exc)) from exc
         try:

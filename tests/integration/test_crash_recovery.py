@@ -25,6 +25,7 @@ from streams.settings import Settings
 from streams.simulator import SimConfig, simulate
 from streams.store import Store, open_read_only
 from tests.integration.test_run_against_broker import GUARDSTREAM, env_for, get_json, read_topic, wait_until
+from tests.integration.test_store_pipeline import row_group_sizes
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +47,6 @@ def snapshot(db: Path) -> dict[str, list[Any]]:
         return {name: conn.execute(sql).fetchall() for name, sql in TABLES.items()}
     finally:
         conn.close()
-
-
-def row_group_sizes(db: Path) -> set[int]:
-    conn = open_read_only(db)
-    try:
-        rows = conn.execute(
-            "SELECT sum(count) FROM pragma_storage_info('decision_rows') "
-            "WHERE column_name = 'ts' AND segment_type <> 'VALIDITY' GROUP BY row_group_id"
-        ).fetchall()
-    finally:
-        conn.close()
-    return {int(n) for (n,) in rows}
 
 
 def offline_truth(settings: Settings, records: list[Any], db: Path) -> None:

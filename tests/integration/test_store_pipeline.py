@@ -42,6 +42,19 @@ def process(p: Pipeline, msgs: list[Message], batch: int = 700) -> None:
         p.commit(p.prepare(msgs[i : i + batch]))
 
 
+def row_group_sizes(db: Path) -> list[int]:
+    """The rows of each of ``decision_rows``' row groups."""
+    conn = open_read_only(db)
+    try:
+        rows = conn.execute(
+            "SELECT sum(count) FROM pragma_storage_info('decision_rows') "
+            "WHERE column_name = 'ts' AND segment_type <> 'VALIDITY' GROUP BY row_group_id ORDER BY row_group_id"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [int(n) for (n,) in rows]
+
+
 def snapshot(db: Path) -> dict[str, object]:
     conn = open_read_only(db)
     try:
@@ -170,17 +183,7 @@ def test_a_store_with_a_row_group_size_stores_the_same_in_row_groups_that_size(
         assert store.query("SELECT count(*) AS n FROM decisions").to_pylist() == [{"n": written[0]}]
         store.close()
     assert snapshot(grouped) == snapshot(plain)
-    conn = open_read_only(grouped)
-    try:
-        sizes = [
-            n
-            for (n,) in conn.execute(
-                "SELECT sum(count) FROM pragma_storage_info('decision_rows') "
-                "WHERE column_name = 'ts' AND segment_type <> 'VALIDITY' GROUP BY row_group_id"
-            ).fetchall()
-        ]
-    finally:
-        conn.close()
+    sizes = row_group_sizes(grouped)
     assert max(sizes) == 2048 and len(sizes) > 1
 
 
