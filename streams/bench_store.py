@@ -209,13 +209,14 @@ def print_store_report(result: dict[str, Any], console: Console) -> None:
                 f"{r['legacy_rows_per_second']:,.0f}" if r.get("legacy_rows_per_second") else "-",
                 _size(r["file_bytes"]),
                 f"{r['file_bytes'] / r['decisions']:,.0f}",
-                f"{g['rows_per_second']:,.0f} / {g['batch_ms_max']:,.0f} / {_size(g['file_bytes'])}"
+                f"{g['rows_per_second']:,.0f} / {g['batch_ms']['max']:,.0f} / {_size(g['file_bytes'])}"
                 if (g := r.get("row_groups"))
                 else "-",
                 f"{r['seconds']['total']:,.0f}",
             )
         console.print(t)
         b = result["table_build"]
+        slowest = max(r["batch_ms"]["max"] for r in result["ingest"])
         console.print(
             f"  Pipeline._decisions_table builds {b['rows_per_second']:,.0f} rows/s "
             f"({b['rows']:,} simulator decisions); 'with table build' = build + insert, one after the other; "
@@ -223,8 +224,7 @@ def print_store_report(result: dict[str, Any], console: Console) -> None:
             f"key; up to {LEGACY_MAX:,} rows). '{ROW_GROUP_ROWS:,}-row groups' = the same rows into a store "
             f"attached with that row group size, in batches as large (GUARDSTREAM_DUCKDB_ROW_GROUP_SIZE and "
             f"GUARDSTREAM_BATCH_MAX_EVENTS {ROW_GROUP_ROWS}): each commit's decisions go to the file compressed, "
-            f"past the WAL; the default's largest batch took {max(r['batch_ms_max'] for r in result['ingest']):,.0f} "
-            "ms (a commit that checkpoints the WAL)."
+            f"past the WAL; the default's largest batch took {slowest:,.0f} ms (a commit that checkpoints the WAL)."
         )
     if result["investigate"]:
         t = Table(title="investigation latency, ms (p50 / p95 / max) over sampled users")
@@ -387,28 +387,25 @@ def _ingest(work: Path, n: int, schema: pa.Schema, build_rps: float, keep: bool,
     # every row, an event_id primary key), written as that version's sink wrote them.
     legacy: _Written | None = None
     if n <= LEGACY_MAX:
-        legacy_path = work / f"ingest-{n}-legacy.duckdb"
-        legacy_path.unlink(missing_ok=True)
-        old = _legacy_store(legacy_path)
-        try:
-            legacy = _write(old, generator, f"insert {n:,} decisions, layout before migration 003", bar, legacy=True)
-        finally:
-            old.close()
-        legacy_path.unlink()
+        legacy, _legacy_bytes = _side_by_side(
+            work / f"ingest-{n}-legacy.duckdb",
+            _legacy_store,
+            generator,
+            f"insert {n:,} decisions, layout before migration 003",
+            bar,
+            legacy=True,
+        )
 
     # Side by side: the same rows into a store attached with ROW_GROUP_ROWS-row row groups, in batches as large
-    grouped_path = work / f"ingest-{n}-row-groups.duckdb"
-    grouped_path.unlink(missing_ok=True)
-    grouped_store = Store(grouped_path, checkpoint_threshold=CHECKPOINT_THRESHOLD, row_group_size=ROW_GROUP_ROWS)
-    try:
-        grouped = _write(
-            grouped_store, generator, f"insert {n:,} decisions, {ROW_GROUP_ROWS:,}-row row groups", bar, ROW_GROUP_ROWS
-        )
-    finally:
-        grouped_store.close()
-    grouped_bytes = grouped_path.stat().st_size
-    if not keep:
-        grouped_path.unlink()
+    grouped, grouped_bytes = _side_by_side(
+        work / f"ingest-{n}-row-groups.duckdb",
+        lambda path: Store(path, checkpoint_threshold=CHECKPOINT_THRESHOLD, row_group_size=ROW_GROUP_ROWS),
+        generator,
+        f"insert {n:,} decisions, {ROW_GROUP_ROWS:,}-row row groups",
+        bar,
+        ROW_GROUP_ROWS,
+        keep=keep,
+    )
 
     insert_rps = n / insert.seconds
     runs = [w for w in (insert, replay, legacy, grouped) if w is not None]
@@ -426,7 +423,6 @@ def _ingest(work: Path, n: int, schema: pa.Schema, build_rps: float, keep: bool,
         "last_tenth_rows_per_second": insert.tail_rows_per_second(),
         "legacy_rows_per_second": n / legacy.seconds if legacy else None,
         "file_bytes": file_bytes,
-        "batch_ms_max": 1000 * max(insert.batch_seconds),
         # the same rows into a store with ROW_GROUP_ROWS-row row groups, in ROW_GROUP_ROWS-row batches
         "row_groups": {
             "rows": ROW_GROUP_ROWS,
@@ -434,7 +430,6 @@ def _ingest(work: Path, n: int, schema: pa.Schema, build_rps: float, keep: bool,
             "rows_per_second": n / grouped.seconds,
             "last_tenth_rows_per_second": grouped.tail_rows_per_second(),
             "batch_ms": _stats([1000 * b for b in grouped.batch_seconds]),
-            "batch_ms_max": 1000 * max(grouped.batch_seconds),
             "file_bytes": grouped_bytes,
         },
         "seconds": {
@@ -533,6 +528,30 @@ def _batches(
             start += length
     if carry is not None:
         yield carry, carried
+
+
+def _side_by_side(
+    path: Path,
+    open_store: Callable[[Path], Store],
+    generator: _DecisionGenerator,
+    label: str,
+    bar: Progress,
+    batch_rows: int = SINK_BATCH,
+    *,
+    legacy: bool = False,
+    keep: bool = False,
+) -> tuple[_Written, int]:
+    """Every generated row into a fresh store of another kind; its file's size once closed (removed unless kept)."""
+    path.unlink(missing_ok=True)
+    store = open_store(path)
+    try:
+        written = _write(store, generator, label, bar, batch_rows, legacy=legacy)
+    finally:
+        store.close()
+    size = path.stat().st_size
+    if not keep:
+        path.unlink()
+    return written, size
 
 
 def _legacy_store(path: Path) -> Store:
