@@ -419,12 +419,19 @@ class Store:
         added: list[dict[str, Any]] = []  # the alert changes this commit stores (the outbox's new rows)
         # the batch's tables are read by name from this frame's locals (replacement scans: see __init__)
         if cp.alerts is not None and cp.alerts.num_rows:
+            # Nearly every alert a batch touches is stored already (one opens, then many updates follow): an
+            # UPDATE joined with the batch took 1.7-2.4 ms where DuckDB's ON CONFLICT upsert of the same rows took
+            # 3.5-5 (20 rows into 115, 100k or 1M stored, offline). The alerts it did not find, new ones, are
+            # inserted by a second statement; ``ts`` stays as the first insert wrote it.
             alerts_batch = cp.alerts  # noqa: F841
             mutable = [n for n in cp.alerts.column_names if n not in ("alert_id", "ts")]
-            conn.execute(
-                "INSERT INTO alerts BY NAME SELECT * FROM alerts_batch ON CONFLICT (alert_id) DO UPDATE SET "
-                + ", ".join(f"{n} = excluded.{n}" for n in mutable)
-            )
+            row = conn.execute(
+                "UPDATE alerts SET "
+                + ", ".join(f"{n} = b.{n}" for n in mutable)
+                + " FROM alerts_batch b WHERE alerts.alert_id = b.alert_id"
+            ).fetchone()
+            if row is None or row[0] != cp.alerts.num_rows:
+                conn.execute("INSERT INTO alerts BY NAME SELECT * FROM alerts_batch ANTI JOIN alerts USING (alert_id)")
         if cp.alert_changes is not None and cp.alert_changes.num_rows:
             changes_batch = cp.alert_changes  # noqa: F841
             cursor = conn.execute(
@@ -448,21 +455,26 @@ class Store:
                 "INSERT INTO detector_state BY NAME SELECT * FROM state_batch "
                 "ON CONFLICT (kafka_partition, tenant, user_id) DO UPDATE SET state = excluded.state"
             )
-        # One statement per table, whatever the number of partitions: DuckDB's cost here is per statement.
+        # One statement per table, whatever the number of partitions: DuckDB's cost here is per statement. The
+        # rows already stored take an UPDATE that picks each partition's value from a list parameter: ~0.75 ms,
+        # against ~1.2-1.5 for the same UPDATE joined with a table of the values (offline, 4 rows).
         if cp.populations:
-            populations_batch = pa.table(  # noqa: F841
-                {
-                    "kafka_partition": pa.array([p[0] for p in cp.populations], pa.int32()),
-                    "state": pa.array([p[1] for p in cp.populations], pa.binary()),
-                    "watermark_ms": pa.array([p[2] for p in cp.populations], pa.int64()),
-                }
-            )
-            if self._populations.issuperset(p[0] for p in cp.populations):
+            parts = [p[0] for p in cp.populations]
+            if self._populations.issuperset(parts):
                 conn.execute(
-                    "UPDATE population_state SET state = b.state, watermark_ms = b.watermark_ms "
-                    "FROM populations_batch b WHERE population_state.kafka_partition = b.kafka_partition"
+                    "UPDATE population_state SET state = (?::BLOB[])[list_position(?::INTEGER[], kafka_partition)], "
+                    "watermark_ms = (?::BIGINT[])[list_position(?::INTEGER[], kafka_partition)] "
+                    "WHERE list_contains(?::INTEGER[], kafka_partition)",
+                    [[p[1] for p in cp.populations], parts, [p[2] for p in cp.populations], parts, parts],
                 )
             else:
+                populations_batch = pa.table(  # noqa: F841
+                    {
+                        "kafka_partition": pa.array(parts, pa.int32()),
+                        "state": pa.array([p[1] for p in cp.populations], pa.binary()),
+                        "watermark_ms": pa.array([p[2] for p in cp.populations], pa.int64()),
+                    }
+                )
                 conn.execute(
                     "INSERT INTO population_state BY NAME SELECT * FROM populations_batch "
                     "ON CONFLICT (kafka_partition) "
@@ -471,10 +483,10 @@ class Store:
         known = self._offsets.get(cp.topic)
         if cp.offsets and known is not None and all(p in known for p in cp.offsets):
             conn.execute(
-                "UPDATE consumer_offsets SET next_offset = greatest(consumer_offsets.next_offset, v.next_offset), "
-                "updated_at = now() FROM (SELECT unnest(?::INTEGER[]) AS kafka_partition, unnest(?::BIGINT[]) "
-                "AS next_offset) v WHERE topic = ? AND consumer_offsets.kafka_partition = v.kafka_partition",
-                [list(cp.offsets), list(cp.offsets.values()), cp.topic],
+                "UPDATE consumer_offsets SET next_offset = greatest(next_offset, "
+                "(?::BIGINT[])[list_position(?::INTEGER[], kafka_partition)]), updated_at = now() "
+                "WHERE topic = ? AND list_contains(?::INTEGER[], kafka_partition)",
+                [list(cp.offsets.values()), list(cp.offsets), cp.topic, list(cp.offsets)],
             )
         elif cp.offsets:
             conn.execute(

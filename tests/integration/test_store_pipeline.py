@@ -527,3 +527,52 @@ def test_the_outbox_and_offsets_the_store_keeps_equal_what_it_stored(tmp_path: P
     flags = dict(fresh.conn.execute("SELECT change_id, published FROM alert_changes").fetchall())
     assert {i for i, done in flags.items() if done} == set(published)
     fresh.close()
+
+
+def test_a_batch_of_stored_and_new_alerts_updates_the_one_and_inserts_the_other(tmp_path: Path) -> None:
+    """Alerts already stored take an UPDATE and the rest an INSERT (the sink tells them apart by the UPDATE's
+    count): each row must end up as the latest state, with ``ts`` from its first insert, and populations and
+    offsets likewise take their UPDATE once stored."""
+    from detectors.alerts import AlertState
+    from streams.pipeline import _alerts_table
+
+    def alert(user: str, score: float, first_ts_ms: int, updates: int) -> AlertState:
+        return AlertState(
+            alert_id=f"boundary_hugging:acme:{user}:violence", detector="boundary_hugging", tenant="acme",
+            user_id=user, category="violence", status="open", severity="warning", score=score,
+            reason=f"score {score}", evidence={"n": updates}, action={"type": "review"}, first_ts_ms=first_ts_ms,
+            last_ts_ms=first_ts_ms + updates, changed_ts_ms=first_ts_ms, published_score=score, updates=updates,
+        )  # fmt: skip
+
+    store = Store(tmp_path / "alerts.duckdb")
+    rows = "SELECT alert_id, epoch_ms(ts), score, reason, evidence, epoch_ms(last_ts), updates FROM alerts ORDER BY 1"
+    store.apply(
+        Checkpoint(
+            topic=TOPIC,
+            alerts=_alerts_table([(0, alert("u-1", 1.0, 1_000, 0))]),
+            populations=[(0, b"p0", 5), (1, b"p1", 6)],
+            offsets={0: 10, 1: 20},
+        )
+    )
+    before = store.conn.execute(rows).fetchall()
+    # u-1 again, its first_ts moved (a new episode would): ts keeps the first insert's; u-2 and u-3 are new
+    batch = [(0, alert("u-1", 2.5, 9_000, 3)), (1, alert("u-2", 1.5, 2_000, 0)), (0, alert("u-3", 1.2, 3_000, 1))]
+    store.apply(Checkpoint(topic=TOPIC, alerts=_alerts_table(batch), populations=[(0, b"q0", 7)], offsets={1: 25}))
+    after = store.conn.execute(rows).fetchall()
+    assert [r[0] for r in after] == [a.alert_id for _p, a in batch]
+    assert after[0][1] == before[0][1] == 1_000
+    assert after[1:] == [
+        (batch[1][1].alert_id, 2_000, 1.5, "score 1.5", '{"n":0}', 2_000, 0),
+        (batch[2][1].alert_id, 3_000, 1.2, "score 1.2", '{"n":1}', 3_001, 1),
+    ]
+    assert after[0][2:] == (2.5, "score 2.5", '{"n":3}', 9_003, 3)
+    assert store.conn.execute("SELECT count(*) FROM alerts").fetchone() == (3,)
+    populations = store.conn.execute(
+        "SELECT kafka_partition, state, watermark_ms FROM population_state ORDER BY 1"
+    ).fetchall()
+    assert populations == [(0, b"q0", 7), (1, b"p1", 6)]
+    offsets = store.conn.execute(
+        "SELECT kafka_partition, next_offset FROM consumer_offsets WHERE topic = ? ORDER BY 1", [TOPIC]
+    ).fetchall()
+    assert offsets == [(0, 10), (1, 25)]
+    store.close()
