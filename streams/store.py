@@ -459,20 +459,20 @@ class Store:
         # rows already stored take an UPDATE that picks each partition's value from a list parameter: ~0.75 ms,
         # against ~1.2-1.5 for the same UPDATE joined with a table of the values (offline, 4 rows).
         if cp.populations:
-            parts = [p[0] for p in cp.populations]
+            parts, states, watermarks = (list(column) for column in zip(*cp.populations, strict=True))
             if self._populations.issuperset(parts):
                 conn.execute(
                     "UPDATE population_state SET state = (?::BLOB[])[list_position(?::INTEGER[], kafka_partition)], "
                     "watermark_ms = (?::BIGINT[])[list_position(?::INTEGER[], kafka_partition)] "
                     "WHERE list_contains(?::INTEGER[], kafka_partition)",
-                    [[p[1] for p in cp.populations], parts, [p[2] for p in cp.populations], parts, parts],
+                    [states, parts, watermarks, parts, parts],
                 )
             else:
                 populations_batch = pa.table(  # noqa: F841
                     {
                         "kafka_partition": pa.array(parts, pa.int32()),
-                        "state": pa.array([p[1] for p in cp.populations], pa.binary()),
-                        "watermark_ms": pa.array([p[2] for p in cp.populations], pa.int64()),
+                        "state": pa.array(states, pa.binary()),
+                        "watermark_ms": pa.array(watermarks, pa.int64()),
                     }
                 )
                 conn.execute(
