@@ -28,11 +28,15 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     alerts: AlertPolicy = msgspec.field(default_factory=AlertPolicy)
     anomaly_model: AnomalyModel | None = None
     """A model from ``guardstream train``; without one the multivariate detector only counts."""
+    disabled: tuple[str, ...] = ()
+    """Detectors not to run, by name (``disabled = ["judge_disagreement"]``); every other one runs. A disabled
+    detector keeps no state: enabled again, it starts afresh. Its open alerts resolve after the quiet period."""
 
 
 def build_detectors(cfg: DetectorConfig) -> list[Detector]:
+    """Every detector the configuration enables, in the order the engine runs them."""
     hugging = msgspec.structs.replace(cfg.hugging, band=cfg.band)
-    return [
+    detectors: list[Detector] = [
         BoundaryHugging(hugging),
         CategoryRateAnomaly(cfg.rates),
         RetryProbing(msgspec.structs.replace(cfg.probing, band=cfg.band)),
@@ -41,6 +45,13 @@ def build_detectors(cfg: DetectorConfig) -> list[Detector]:
         JudgeDisagreement(cfg.judge),
         MultivariateAnomaly(cfg.anomaly_model, band=cfg.band),
     ]
+    unknown = sorted(set(cfg.disabled) - {d.name for d in detectors})
+    if unknown:
+        raise ValueError(
+            f"disabled names unknown detector(s) {', '.join(unknown)}; "
+            f"the detectors are {', '.join(d.name for d in detectors)}"
+        )
+    return [d for d in detectors if d.name not in cfg.disabled]
 
 
 def build_engine(cfg: DetectorConfig | None = None) -> Engine:

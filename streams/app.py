@@ -379,6 +379,7 @@ class Service:
             "started_at": self.started_at,
             "first_batch_at": self.first_batch_at,
             "delivery": self.delivery,
+            "detectors": [d.name for d in self.pipeline.engine.detectors],  # those the detector config enables
             "last_commit_at": self.last_commit_at,
             "top_huggers": self.top_huggers,  # pseudonymous ids; the metric has rank slots only
         }

@@ -827,7 +827,15 @@ def show_settings() -> None:
 
 
 def main() -> None:
-    app()
+    from rich.markup import escape
+
+    from streams.detector_config import DetectorConfigError
+
+    try:
+        app()
+    except DetectorConfigError as exc:  # from any command that builds the detectors (run, eval, rebuild, bench)
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,23 @@ from typing import Any
 
 import msgspec
 
-from detectors.registry import DetectorConfig
+from detectors.registry import DetectorConfig, build_detectors
+
+
+class DetectorConfigError(ValueError):
+    """The detector configuration file cannot be used: one line naming the file and what is wrong."""
 
 
 def load_detector_config(path: Path | None, band: float | None = None) -> DetectorConfig:
-    data: dict[str, Any] = tomllib.loads(path.read_text()) if path is not None else {}
-    if band is not None:
-        data.setdefault("band", band)
     try:
-        return msgspec.convert(data, DetectorConfig, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        data: dict[str, Any] = tomllib.loads(path.read_text()) if path is not None else {}
+        if band is not None:
+            data.setdefault("band", band)
+        config = msgspec.convert(data, DetectorConfig, strict=False)
+        build_detectors(config)  # every name in ``disabled`` must be a detector's
+    except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise DetectorConfigError(f"detector config {path}: {exc}") from exc
+    return config
 
 
 def _field_docs(cls: type) -> dict[str, str]:

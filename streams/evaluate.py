@@ -222,8 +222,10 @@ def evaluate(
     for name, sim_config in scenarios.items():
         sim = simulate(sim_config)
         notes = []
+        if config.disabled:
+            notes.append(f"not run (the detector config's disabled): {', '.join(config.disabled)}")
         scenario_config = config
-        if anomaly and config.anomaly_model is None:
+        if anomaly and config.anomaly_model is None and MultivariateAnomaly.name not in config.disabled:
             try:
                 model = train_model(sim_config, partitions, band=config.band)
                 scenario_config = msgspec.structs.replace(config, anomaly_model=model)

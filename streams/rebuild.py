@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.broker import client_kwargs
+from streams.detector_config import DetectorConfigError, load_detector_config
 from streams.heap import Heap
 from streams.pipeline import DeadLetter, Message, Pipeline
 from streams.settings import Settings
@@ -62,6 +63,10 @@ async def rebuild(
         raise RebuildError(
             f"{settings.db} exists: rebuild writes a new store. Move it away (or pass --db NEW.duckdb) first."
         )
+    try:  # before the new store exists: a config that cannot be used must not leave an empty one behind
+        load_detector_config(settings.detector_config, band=settings.hugging_band)
+    except DetectorConfigError as exc:
+        raise RebuildError(str(exc)) from exc
     consumer = AIOKafkaConsumer(
         **client_kwargs(settings), enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=2 * 1024 * 1024
     )

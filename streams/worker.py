@@ -49,6 +49,8 @@ def build_pipeline(settings: Settings, store: Sink) -> Pipeline:
         model = load(settings.anomaly_model)
         log.warning("multivariate anomaly model %s loaded from %s", model.version, settings.anomaly_model)
     config = load_detector_config(settings.detector_config, band=settings.hugging_band)
+    if config.disabled:
+        log.warning("detectors disabled by %s: %s", settings.detector_config, ", ".join(config.disabled))
     engine = build_engine(msgspec.structs.replace(config, anomaly_model=model))
     return Pipeline(
         store,

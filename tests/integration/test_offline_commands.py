@@ -96,3 +96,27 @@ def test_detectors_lists_every_threshold_with_its_meaning() -> None:
         "alerts.quiet_period_hours",
     ):
         assert setting in result.stdout
+
+
+def test_eval_with_a_detector_config_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "detectors.toml"
+    config.write_text('disabled = ["judge"]\n')
+    result = subprocess.run(
+        [*GUARDSTREAM, "eval", "-s", "baseline", "--detector-config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "300", "PATH": ""},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"error: detector config {config}: disabled names unknown detector(s) judge" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_detectors_lists_the_disabled_setting() -> None:
+    result = subprocess.run(
+        [*GUARDSTREAM, "detectors"], capture_output=True, text=True, timeout=60, env={"COLUMNS": "300", "PATH": ""}
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "│ disabled" in line)
+    assert "()" in line and "Detectors not to run, by name" in line

@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
-from detectors.registry import build_engine
+from detectors.registry import DetectorConfig, build_detectors, build_engine
 from streams.bench import stop_process as stop
 from streams.broker import client_kwargs, free_port
 from streams.evaluate import run_engine
@@ -144,7 +144,9 @@ def test_run_simulate_and_query_while_running(
         return sum(parts.get(str(p), {}).get("next_offset", 0) for p in targets) >= total
 
     wait_until(caught_up, 180, "the pipeline to commit every message")
-    assert get_json(url + "/status")["delivery"] == delivery
+    status = get_json(url + "/status")
+    assert status["delivery"] == delivery
+    assert status["detectors"] == [d.name for d in build_detectors(DetectorConfig())], "every detector runs"
 
     # the file is locked by the running worker, yet `guardstream sql` answers (through the worker)
     out = subprocess.run(
