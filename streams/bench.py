@@ -9,7 +9,9 @@ consumer group, in its own process (so its peak RSS is its own), one variant at 
 * ``b2`` a stock Faust agent that only decodes (typed decoder): the framework's floor;
 * ``c``  the real pipeline, ``guardstream run``, on a fresh DuckDB file: every detector (with an anomaly model
   trained on another seed, as the demo does), persistence, outbox and metrics; timed from its first batch to
-  the commit of the last offset.
+  the commit of the last offset;
+* ``c0`` (``--floor``) the same pipeline with every detector disabled in its detector config: what Kafka, Faust,
+  decoding, DuckDB and the metrics cost without the detectors, side by side with ``c``.
 
 Then, optionally, ``--workers N``: the scale-out topology, N ``guardstream run --writer`` processes in one
 consumer group sharing one store through a ``guardstream writer`` process, against one worker with a writer
@@ -61,7 +63,9 @@ VARIANTS: dict[str, str] = {
     "b": "naive Faust: per event, JSON, table[user] += 1",
     "b2": "stock Faust agent, typed decode only",
     "c": "guardstream run: all detectors, DuckDB, metrics",
+    "c0": "guardstream run, every detector disabled: DuckDB, metrics",
 }
+DEFAULT_VARIANTS = ("a", "b", "b2", "c")  # c0 with --floor
 DEFAULT_EVENTS = 200_000
 SIM_DAYS = 7.0
 EVENTS_PER_USER_WEEK = 170  # the simulator gives ~179 decisions per user in 7 days; ask for a few more users
@@ -81,7 +85,7 @@ class BenchError(RuntimeError):
 class BenchOptions:
     events: int = DEFAULT_EVENTS
     partitions: int = 4
-    only: tuple[str, ...] = tuple(VARIANTS)
+    only: tuple[str, ...] = DEFAULT_VARIANTS
     latency: bool = True
     latency_rate: float | None = None
     latency_events: int | None = None
@@ -448,7 +452,9 @@ class PipelineGroup:
     """``workers`` ``guardstream run`` processes in one fresh consumer group: one standalone worker with its own
     DuckDB file, or (``writer``) workers committing to one ``guardstream writer`` process that owns the file."""
 
-    def __init__(self, run: _Run, label: str, topic: str, workers: int, writer: bool = False) -> None:
+    def __init__(
+        self, run: _Run, label: str, topic: str, workers: int, writer: bool = False, detectors: bool = True
+    ) -> None:
         from streams.broker import free_port
 
         self.run = run
@@ -465,6 +471,8 @@ class PipelineGroup:
             "GUARDSTREAM_CONSUMER_GROUP": run.name(f"{label}-group"),
             "GUARDSTREAM_TOPIC_PARTITIONS": str(run.settings.topic_partitions),
         }
+        if not detectors:
+            env["GUARDSTREAM_DETECTOR_CONFIG"] = str(_no_detectors_config(run.workdir))
         cli = [sys.executable, "-m", "streams.cli"]
         self.writer: _Worker | None = None
         if writer:
@@ -580,7 +588,7 @@ class PipelineGroup:
         writer_rss = peak_rss_bytes(self.writer.proc.pid) if self.writer is not None else None
         return {
             "variant": variant,
-            "what": VARIANTS["c"],
+            "what": VARIANTS.get(variant, VARIANTS["c"]),
             "workers": len(self.workers),
             "events": events,
             "decisions": sum(s["counts"].get("decisions", 0) for s in statuses),
@@ -608,17 +616,28 @@ class PipelineGroup:
             self.run.stop(self.writer.proc, timeout=60)
 
 
-def _run_pipeline(run: _Run, topic: str, targets: dict[int, int], tag: str = "c") -> dict[str, Any]:
-    """Variant c: one worker reading the already produced topic from offset 0 (``tag`` names its group and files)."""
-    group = PipelineGroup(run, tag, topic, 1)
+def _run_pipeline(run: _Run, topic: str, targets: dict[int, int], tag: str = "c", variant: str = "c") -> dict[str, Any]:
+    """Variant c (or c0, its detectors disabled): one worker reading the already produced topic from offset 0
+    (``tag`` names its group and files)."""
+    group = PipelineGroup(run, tag, topic, 1, detectors=variant != "c0")
     try:
         with _bar(run.console) as progress:
-            task = progress.add_task(f"{tag:<3} {VARIANTS['c']}", total=sum(targets.values()))
+            task = progress.add_task(f"{tag:<3} {VARIANTS[variant]}", total=sum(targets.values()))
             group.wait_started()
             statuses = group.wait_done(targets, progress, task)
-        return group.result(statuses, "c")
+        return group.result(statuses, variant)
     finally:
         group.stop()
+
+
+def _no_detectors_config(workdir: Path) -> Path:
+    """A detector config that disables every detector: c0, the pipeline's floor without them."""
+    from detectors.registry import DetectorConfig, build_detectors
+
+    path = workdir / "no-detectors.toml"
+    names = ", ".join(f'"{d.name}"' for d in build_detectors(DetectorConfig()))
+    path.write_text(f"disabled = [{names}]\n")
+    return path
 
 
 def _run_scaling(run: _Run, events: Sequence[dict[str, Any]], workers: int) -> dict[str, Any]:
@@ -994,8 +1013,8 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
                 order = selected if round_index % 2 == 0 else selected[::-1]
                 for variant in order:
                     tag = variant if round_index == 0 else f"{variant}.r{round_index + 1}"
-                    if variant == "c":
-                        outcome = _run_pipeline(run, run.name("decisions"), targets, tag)
+                    if variant in ("c", "c0"):
+                        outcome = _run_pipeline(run, run.name("decisions"), targets, tag, variant)
                     else:
                         outcome = _run_child(run, variant, run.name("decisions"), targets, tag)
                     runs[variant].append(outcome)
@@ -1051,7 +1070,7 @@ def summarize_rounds(
             per_round.append(
                 {
                     f"c/{v}": ratio(c["events_per_second"], runs[v][index]["events_per_second"])
-                    for v in ("b", "b2", "a")
+                    for v in ("b", "b2", "a", "c0")
                     if v in runs
                 }
             )

@@ -664,7 +664,14 @@ def bench(
         200_000
     ),
     partitions: Annotated[int, typer.Option(min=1, help="partitions of the benchmark topics")] = 4,
-    only: Annotated[str, typer.Option(help="comma-separated subset of the variants a, b, b2, c")] = "a,b,b2,c",
+    only: Annotated[str, typer.Option(help="comma-separated subset of the variants a, b, b2, c, c0")] = "a,b,b2,c",
+    floor: Annotated[
+        bool,
+        typer.Option(
+            help="also run c0: the pipeline with every detector disabled, side by side with c (what the detectors "
+            "cost live, and what the rest of the pipeline does without them)"
+        ),
+    ] = False,
     skip_latency: Annotated[bool, typer.Option(help="skip the detection latency phase")] = False,
     latency_rate: Annotated[
         float | None, typer.Option(min=1, help="events/s for the latency phase (default: 50% of c's throughput)")
@@ -706,10 +713,13 @@ def bench(
     from streams.broker import BrokerError
     from streams.output import report_console
 
+    chosen = [v.strip() for v in only.split(",") if v.strip()]
+    if floor and "c0" not in chosen:
+        chosen.append("c0")
     options = BenchOptions(
         events=events,
         partitions=partitions,
-        only=tuple(v.strip() for v in only.split(",") if v.strip()),
+        only=tuple(chosen),
         latency=not skip_latency,
         latency_rate=latency_rate,
         latency_events=latency_events,

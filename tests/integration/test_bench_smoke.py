@@ -98,23 +98,26 @@ def test_bench_workers_mode_shares_one_store_through_the_writer(tmp_path: Path) 
 
 
 def test_bench_rounds_run_every_variant_again_on_the_same_data(tmp_path: Path) -> None:
+    """Also --floor: c0, the pipeline with every detector disabled, beside c in each round."""
     out = tmp_path / "out.json"
     work = tmp_path / "work"
     result = bench(
-        "--events", "1000", "--only", "a,c", "--rounds", "2", "--skip-latency", "--json", str(out),
+        "--events", "1000", "--only", "a,c", "--floor", "--rounds", "2", "--skip-latency", "--json", str(out),
         "--workdir", str(work), "--markdown", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["settings"]["rounds"] == 2
-    for name in ("a", "c"):
+    for name in ("a", "c", "c0"):
         assert len(data["variants"][name]["rounds"]) == 2 and all(r > 0 for r in data["variants"][name]["rounds"])
         assert data["variants"][name]["events"] == 1000, "the median run read every event"
-    assert data["variants"]["c"]["decisions"] == 1000
-    assert len(data["round_ratios"]) == 2 and set(data["ratios"]) == {"c/a"}
+    assert data["variants"]["c"]["decisions"] == data["variants"]["c0"]["decisions"] == 1000
+    assert len(data["round_ratios"]) == 2 and set(data["ratios"]) == {"c/a", "c/c0"}
     # each round's runs have their own consumer group and files: the second c started from an empty store
     assert (work / "c-0.duckdb").exists() and (work / "c.r2-0.duckdb").exists()
+    assert "detectors disabled by" in (work / "c0-worker-0.log").read_text()
     assert "median of 2 rounds" in result.stdout and "ratios per round" in result.stdout
+    assert "| c0 | guardstream run, every detector disabled" in result.stdout
 
 
 def test_bench_commit_breaks_the_commit_path_down(tmp_path: Path) -> None:
