@@ -30,7 +30,8 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     """A model from ``guardstream train``; without one the multivariate detector only counts."""
     disabled: tuple[str, ...] = ()
     """Detectors not to run, by name (``disabled = ["judge_disagreement"]``); every other one runs. A disabled
-    detector keeps no state: enabled again, it starts afresh. Its open alerts resolve after the quiet period."""
+    detector's stored state is dropped as each user's state is next written, so enabled again it starts afresh for
+    them. Its open alerts resolve after the quiet period."""
 
 
 def build_detectors(cfg: DetectorConfig) -> list[Detector]:

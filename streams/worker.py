@@ -63,6 +63,7 @@ def build_pipeline(settings: Settings, store: Sink) -> Pipeline:
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
+    load_detector_config(settings.detector_config)  # one that cannot be used stops it before the store or Kafka
     if settings.web_port == 0:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
     store: Store | None = None

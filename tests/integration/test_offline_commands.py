@@ -120,3 +120,19 @@ def test_detectors_lists_the_disabled_setting() -> None:
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if "│ disabled" in line)
     assert "()" in line and "Detectors not to run, by name" in line
+
+
+def test_run_with_a_detector_config_that_cannot_be_used_stops_before_the_store_and_kafka(tmp_path: Path) -> None:
+    config = tmp_path / "detectors.toml"
+    config.write_text("disabled = [\n")
+    db = tmp_path / "store.duckdb"
+    result = subprocess.run(
+        [*GUARDSTREAM, "run", "--bootstrap", "127.0.0.1:9", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "300", "PATH": "", "GUARDSTREAM_DETECTOR_CONFIG": str(config)},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"error: detector config {config}:" in result.stderr and "Traceback" not in result.stderr
+    assert not db.exists(), "no store is created for a worker that cannot run"
