@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.broker import client_kwargs
-from streams.detector_config import DetectorConfigError, load_detector_config
+from streams.detector_config import DetectorConfigError
 from streams.heap import Heap
 from streams.pipeline import DeadLetter, Message, Pipeline
 from streams.settings import Settings
 from streams.store import Store, open_store
-from streams.worker import build_pipeline
+from streams.worker import build_pipeline, detector_config
 
 
 class RebuildError(RuntimeError):
@@ -64,7 +64,7 @@ async def rebuild(
             f"{settings.db} exists: rebuild writes a new store. Move it away (or pass --db NEW.duckdb) first."
         )
     try:  # before the new store exists: a config that cannot be used must not leave an empty one behind
-        load_detector_config(settings.detector_config, band=settings.hugging_band)
+        config = detector_config(settings)
     except DetectorConfigError as exc:
         raise RebuildError(str(exc)) from exc
     consumer = AIOKafkaConsumer(
@@ -85,7 +85,7 @@ async def rebuild(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         store = open_store(settings)
-        pipeline = build_pipeline(settings, store)
+        pipeline = build_pipeline(settings, store, config)
         pipeline.assign(set(partitions))
         size = batch_size or settings.batch_max_events
         heap = Heap(enabled=settings.gc_freeze, reclaim_seconds=settings.gc_reclaim_seconds)

@@ -14,7 +14,7 @@ from typing import Any
 import faust
 import msgspec
 
-from detectors.registry import build_engine
+from detectors.registry import DetectorConfig, build_engine
 from streams.app import Service, create_app
 from streams.broker import ensure_topics, free_port, pid_alive
 from streams.detector_config import load_detector_config
@@ -40,15 +40,22 @@ def running_service(db: Path) -> dict[str, Any] | None:
     return info if pid_alive(int(info.get("pid", 0))) else None
 
 
-def build_pipeline(settings: Settings, store: Sink) -> Pipeline:
-    """The pipeline every path uses (worker, rebuild): detector config, anomaly model, pseudonym key."""
+def detector_config(settings: Settings) -> DetectorConfig:
+    """The settings' detector config (its file, the hugging band); one that cannot be used raises
+    :class:`streams.detector_config.DetectorConfigError`, which callers check before they open a store."""
+    return load_detector_config(settings.detector_config, band=settings.hugging_band)
+
+
+def build_pipeline(settings: Settings, store: Sink, config: DetectorConfig | None = None) -> Pipeline:
+    """The pipeline every path uses (worker, rebuild): detector config (``config``, already loaded from the
+    settings, or loaded here), anomaly model, pseudonym key."""
     model = None
     if settings.anomaly_model is not None:
         from streams.train import load
 
         model = load(settings.anomaly_model)
         log.warning("multivariate anomaly model %s loaded from %s", model.version, settings.anomaly_model)
-    config = load_detector_config(settings.detector_config, band=settings.hugging_band)
+    config = config or detector_config(settings)
     if config.disabled:
         log.warning("detectors disabled by %s: %s", settings.detector_config, ", ".join(config.disabled))
     engine = build_engine(msgspec.structs.replace(config, anomaly_model=model))
@@ -63,7 +70,7 @@ def build_pipeline(settings: Settings, store: Sink) -> Pipeline:
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
-    load_detector_config(settings.detector_config)  # one that cannot be used stops it before the store or Kafka
+    config = detector_config(settings)  # one that cannot be used stops the worker before the store or Kafka
     if settings.web_port == 0:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
     store: Store | None = None
@@ -76,7 +83,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     else:
         sink = store = open_store(settings)
     asyncio.run(ensure_topics(settings))
-    pipeline = build_pipeline(settings, sink)
+    pipeline = build_pipeline(settings, sink, config)
     service = Service(settings, store, pipeline, Metrics())
     datadir = tempfile.TemporaryDirectory(prefix="guardstream-faust-")
     app = create_app(settings, service, datadir.name)
