@@ -145,14 +145,10 @@ def _instrumented(pipeline: Pipeline, timings: Timings) -> Iterator[None]:
     engine.take_dirty = timed("detect", "take the dirty state (encode blobs)", engine.take_dirty)  # type: ignore[method-assign]
     pipeline._decisions_table = timed("detect", "decisions table (Arrow)", pipeline._decisions_table)  # type: ignore[method-assign]
     pipeline_module._daily_table = timed("detect", "daily rows table (Arrow)", daily_table)
-    # the proxy's frame sits between the store's method and DuckDB, whose replacement scans read the batch's Arrow
-    # tables from the caller's locals: let them look further up the stack for this pass
-    conn.execute("SET python_scan_all_frames = true")
     store.conn = _TimedConnection(conn, timings)
     try:
         yield
     finally:
-        conn.execute("RESET python_scan_all_frames")
         engine._parts = parts
         del engine.sweep, engine.take_dirty, pipeline._decisions_table
         pipeline_module._daily_table = daily_table

@@ -60,9 +60,10 @@ from streams.investigate import bind, investigate, named_query, run_named
 from streams.output import progress_bar
 from streams.pipeline import Layouts, Message, Pipeline, event_key, layouts_table
 from streams.query import query
+from streams.sandbox import open_sandboxed, run_query
 from streams.settings import Settings
 from streams.simulator import SimConfig, simulate
-from streams.store import Checkpoint, Store, open_read_only, run_read_only
+from streams.store import Checkpoint, Store
 
 DEFAULT_DECISIONS: tuple[int, ...] = (1_000_000, 10_000_000)
 DEFAULT_USERS: tuple[int, ...] = (100_000, 1_000_000)
@@ -990,7 +991,7 @@ def _rewrite_by_user(src: Path, dst: Path, bar: Progress) -> None:
 
 
 def _indexes(path: Path) -> list[str]:
-    conn = open_read_only(path)
+    conn = open_sandboxed(path)
     try:
         rows = conn.execute("SELECT index_name FROM duckdb_indexes() WHERE table_name = 'decision_rows'").fetchall()
     finally:
@@ -1000,7 +1001,7 @@ def _indexes(path: Path) -> list[str]:
 
 def _sample_users(path: Path, n: int, samples: int) -> list[tuple[str, int]]:
     """Half drawn uniformly over users (mostly light ones), half over decisions (so mostly heavy users)."""
-    conn = open_read_only(path)
+    conn = open_sandboxed(path)
     try:
         counts = dict(conn.execute("SELECT user_id, count(*) FROM decisions GROUP BY user_id").fetchall())
         rng = random.Random(SEED)
@@ -1031,11 +1032,11 @@ def _latencies(layout: str, db: Path, users: list[str], bar: Progress) -> dict[s
         investigate_ms.append(1000 * (time.perf_counter() - t0))
         empty += report.empty
         bar.advance(task)
-    conn = open_read_only(db)
+    conn = open_sandboxed(db)
     try:
 
         def open_conn(sql: str, params: dict[str, Any]) -> pa.Table:
-            return run_read_only(conn, sql, params)
+            return run_query(conn, sql, params)
 
         warm_timeline, warm_investigate = [], []
         for user in users:

@@ -28,7 +28,10 @@ console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/bold red] {message}")
+    from rich.markup import escape
+
+    # escaped: a message quotes what the caller sent (SQL, ids), and "[/x]" there is not markup
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)  # one line, whatever the width
     return typer.Exit(code)
 
 
@@ -91,7 +94,7 @@ def run(
     With --writer, several workers share one store: each takes a share of the partitions and commits its
     batches to the writer process, which owns the DuckDB file."""
     from streams.broker import BrokerError
-    from streams.store import StoreLocked
+    from streams.sandbox import StoreLocked
     from streams.worker import run_worker
 
     settings = Settings().with_overrides(
@@ -125,7 +128,7 @@ def writer_command(
     import logging
 
     from streams.broker import BrokerError
-    from streams.store import StoreLocked
+    from streams.sandbox import StoreLocked
     from streams.writer import run_writer
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -185,36 +188,35 @@ def simulate(
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="a read-only SQL query (SELECT, DESCRIBE, SHOW, EXPLAIN)")],
+    query: Annotated[
+        str, typer.Argument(help="one query: SELECT/FROM/WITH, SHOW, DESCRIBE, SUMMARIZE, or EXPLAIN (no ANALYZE)")
+    ],
     db: DbPath = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="table for people; csv or json for scripts")] = (
         Format.table
     ),
     url: Annotated[str | None, typer.Option(help="query a running pipeline at this URL instead of finding it")] = None,
 ) -> None:
-    """Ad-hoc SQL over the store; works while `guardstream run` holds the database."""
-    import duckdb
-
-    from streams.output import print_table, to_csv, to_json
-    from streams.query import QueryFailed
+    """Ad-hoc SQL over the store, in a sandbox: read-only, no files, no extensions, no settings changes, with a
+    time and a row limit (GUARDSTREAM_QUERY_TIMEOUT_SECONDS, GUARDSTREAM_QUERY_MAX_ROWS). Works while
+    `guardstream run` holds the database."""
     from streams.query import query as run_query
-    from streams.store import QueryRefused, StoreLocked
+    from streams.sandbox import truncated_at
 
     settings = Settings().with_overrides(db=db)
     try:
         table = run_query(settings.db, query, url=url)
-    except QueryRefused as exc:
-        raise fail(f"refused: {exc}") from exc
-    except (QueryFailed, StoreLocked, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
-    except duckdb.Error as exc:
-        raise fail(f"{type(exc).__name__}: {exc}") from exc
-    if format is Format.table:
-        print_table(table, Console())
-    elif format is Format.csv:
-        sys.stdout.write(to_csv(table))
-    else:
-        sys.stdout.write(to_json(table) + "\n")
+    except Exception as exc:
+        error = _store_errors(exc)
+        if error is None:
+            raise
+        raise error from exc
+    _render(table, format)
+    if (limit := truncated_at(table)) is not None:
+        console.print(
+            f"[yellow]warning:[/yellow] the result was cut at {limit:,} rows (GUARDSTREAM_QUERY_MAX_ROWS where the "
+            "store is served): narrow the query or add LIMIT"
+        )
 
 
 def _render(table: Any, format: Format) -> None:
@@ -233,12 +235,12 @@ def _store_errors(exc: Exception) -> typer.Exit | None:
     import duckdb
 
     from streams.query import QueryFailed
-    from streams.store import QueryRefused, StoreLocked
+    from streams.sandbox import NotAStore, QueryRefused, StoreLocked
 
     if isinstance(exc, QueryRefused):
-        return fail(f"refused: {exc}")
-    if isinstance(exc, QueryFailed | StoreLocked | FileNotFoundError):
-        return fail(str(exc))
+        return fail(f"refused: {' '.join(str(exc).split())}")
+    if isinstance(exc, QueryFailed | StoreLocked | NotAStore | FileNotFoundError):
+        return fail(" ".join(str(exc).split()))
     if isinstance(exc, duckdb.Error):
         return fail(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
     return None
@@ -363,6 +365,7 @@ def export(
     import pyarrow.parquet as pq
 
     from streams.query import query as run_query
+    from streams.sandbox import truncated_at
 
     settings = Settings().with_overrides(db=db)
     tables = table or EXPORT_TABLES
@@ -380,6 +383,11 @@ def export(
             if error is None:
                 raise
             raise error from exc
+        if (limit := truncated_at(data)) is not None:
+            raise fail(
+                f"{name} has more than {limit:,} rows, the query row limit: raise GUARDSTREAM_QUERY_MAX_ROWS where the "
+                "store is served (and GUARDSTREAM_QUERY_TIMEOUT_SECONDS if needed) to export it whole"
+            )
         path = out / f"{name}.{format.value}"
         pq.write_table(data, path)
         counts[name] = data.num_rows
@@ -473,16 +481,20 @@ def train(
     """Fit the multivariate anomaly model (IsolationForest) on per-user features from the store."""
     import polars as pl
 
-    from streams.query import QueryFailed
     from streams.query import query as run_query
-    from streams.store import StoreLocked
+    from streams.sandbox import truncated_at
     from streams.train import counters_sql, fit, frame_counters, save
 
     settings = Settings().with_overrides(db=db)
     try:
         table = run_query(settings.db, counters_sql(settings.hugging_band))
-    except (QueryFailed, StoreLocked, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
+    except Exception as exc:
+        error = _store_errors(exc)
+        if error is None:
+            raise
+        raise error from exc
+    if (limit := truncated_at(table)) is not None:
+        raise fail(f"the store has more than {limit:,} users, the query row limit: raise GUARDSTREAM_QUERY_MAX_ROWS")
     counters = frame_counters(pl.from_arrow(table))  # type: ignore[arg-type]
     try:
         model = fit(counters, contamination=contamination, seed=seed, min_decisions=min_decisions)
@@ -579,7 +591,8 @@ def verdict(
     import urllib.error
     import urllib.request
 
-    from streams.store import StoreLocked, open_store
+    from streams.sandbox import StoreLocked
+    from streams.store import open_store
     from streams.worker import running_service
 
     settings = Settings().with_overrides(db=db)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,7 +13,8 @@ import orjson
 import pyarrow as pa
 
 from streams.metrics import Metrics
-from streams.store import QueryRefused, Store, parse_query_body
+from streams.sandbox import QueryParams, QueryRefused
+from streams.store import Store
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 TEXT = "text/plain"
@@ -35,8 +37,35 @@ def authorized(given: str | None, expected: str | None) -> bool:
     return expected is None or hmac.compare_digest((given or "").encode(), expected.encode())
 
 
+def parse_query_body(body: bytes, content_type: str | None = None) -> tuple[str, QueryParams | None]:
+    """The ``/query`` request body: plain SQL text, or JSON ``{"sql": "...", "params": {...}}``.
+
+    JSON is recognised by its content type or by a leading ``{`` (no SQL statement starts with one).
+    Parameter values must be scalars (string, number, boolean or null); they are bound, never spliced.
+    """
+    text = body.decode("utf-8", "replace")
+    if not ((content_type and "json" in content_type.lower()) or text.lstrip().startswith("{")):
+        return text, None
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"query body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("sql"), str):
+        raise ValueError('a JSON query body must be an object with a "sql" string')
+    params = payload.get("params")
+    if params is None:
+        return payload["sql"], None
+    if not isinstance(params, dict):
+        raise ValueError('"params" must be an object of name: value')
+    for name, value in params.items():
+        if not isinstance(value, str | int | float | bool) and value is not None:
+            raise ValueError(f"parameter {name!r} must be a string, number, boolean or null")
+    return payload["sql"], params
+
+
 async def answer_query(store: Store, body: bytes, content_type: str | None) -> Reply:
-    """``POST /query``: read-only SQL over a separate cursor (committed snapshots), answered as Arrow IPC."""
+    """``POST /query``: a caller's SQL in the sandbox (streams/sandbox.py) on a separate cursor (committed
+    snapshots), answered as Arrow IPC; refused (403) with one line when the sandbox refuses it."""
     try:
         sql, params = parse_query_body(body, content_type)
     except ValueError as exc:

@@ -19,7 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from streams.output import rows
-from streams.store import QueryParams, sql_dir
+from streams.sandbox import QueryParams
+from streams.store import sql_dir
 
 REQUIRED = object()
 _PARAM = re.compile(r"^--\s*param\s+([A-Za-z_][A-Za-z0-9_]*)\s*:\s*(.*?)\s*$")

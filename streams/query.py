@@ -1,8 +1,8 @@
 """Read-only SQL over the store, whether or not a pipeline is running on it.
 
-While ``guardstream run`` holds the DuckDB file, queries go to its loopback ``/query`` endpoint (found
-through the ``<db>.service.json`` file it writes); otherwise the file is opened read-only directly.
-Both paths accept only read-only statements and return an Arrow table.
+While ``guardstream run`` (or ``guardstream writer``) holds the DuckDB file, queries go to its ``/query``
+endpoint (found through the ``<db>.service.json`` file it writes); otherwise the file is opened read-only
+directly. Either way the query runs in the sandbox of :mod:`streams.sandbox` and comes back as an Arrow table.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from streams.sandbox import QueryLimits, QueryParams, QueryRefused, open_sandboxed, run_query
 from streams.settings import Settings
-from streams.store import QueryParams, QueryRefused, open_read_only, run_read_only
 from streams.worker import running_service
 
 
@@ -41,8 +41,12 @@ def open_service(request: urllib.request.Request, timeout: float) -> Any:
     return urllib.request.urlopen(request, timeout=timeout, context=context)
 
 
-def query_service(url: str, sql: str, timeout: float = 60.0, params: QueryParams | None = None) -> pa.Table:
-    """Ask a running pipeline. Without params the body is the SQL text; with them, JSON ``{"sql", "params"}``."""
+def query_service(url: str, sql: str, timeout: float | None = None, params: QueryParams | None = None) -> pa.Table:
+    """Ask a running pipeline. Without params the body is the SQL text; with them, JSON ``{"sql", "params"}``.
+    The serving process applies its own time limit; ``timeout`` (default: this side's limit and a margin) only
+    bounds a connection that hangs."""
+    if timeout is None:
+        timeout = Settings().query_timeout_seconds + 30
     if params:
         data = json.dumps({"sql": sql, "params": params}).encode("utf-8")
         content_type = "application/json"
@@ -62,14 +66,22 @@ def query_service(url: str, sql: str, timeout: float = 60.0, params: QueryParams
     return pa.ipc.open_stream(body).read_all()
 
 
-def query(db: Path, sql: str, url: str | None = None, params: QueryParams | None = None) -> pa.Table:
+def query(
+    db: Path,
+    sql: str,
+    url: str | None = None,
+    params: QueryParams | None = None,
+    limits: QueryLimits | None = None,
+) -> pa.Table:
+    """``limits`` applies when this process reads the file itself (default: the settings'); a serving process
+    applies its own."""
     if url is None:
         service = running_service(db)
         url = service["url"] if service else None
     if url is not None:
         return query_service(url, sql, params=params)
-    conn = open_read_only(db)
+    conn = open_sandboxed(db)
     try:
-        return run_read_only(conn, sql, params)
+        return run_query(conn, sql, params, limits=limits or Settings().query_limits())
     finally:
         conn.close()

@@ -6,10 +6,13 @@ from __future__ import annotations
 import base64
 import ssl
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from streams.sandbox import QueryLimits
 
 
 class Settings(BaseSettings):
@@ -142,6 +145,27 @@ class Settings(BaseSettings):
     web_tls_cafile: Path | None = Field(
         None, description="CA (or the self-signed certificate) the CLI trusts when it calls a worker over HTTPS"
     )
+
+    # Callers' SQL (guardstream sql / query / investigate / export and /query): see streams/sandbox.py
+    query_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="a caller's query is interrupted after this long (by the process that holds the store, or by "
+        "the CLI reading the file itself)",
+    )
+    query_max_rows: int = Field(
+        1_000_000,
+        ge=1,
+        le=100_000_000,
+        description="a caller's query returns at most this many rows; a longer result is cut there and says so "
+        "(`guardstream sql` warns, `export` refuses to write a partial table)",
+    )
+
+    def query_limits(self) -> QueryLimits:
+        from streams.sandbox import QueryLimits  # duckdb and pyarrow load with it: not for every command
+
+        return QueryLimits(timeout_seconds=self.query_timeout_seconds, max_rows=self.query_max_rows)
 
     def web_authorization(self) -> str | None:
         """The ``Authorization`` header value for the worker's endpoints, when basic auth is configured."""

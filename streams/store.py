@@ -8,9 +8,7 @@ sees committed snapshots) and ``guardstream sql`` opens the file directly only w
 from __future__ import annotations
 
 import contextlib
-import json
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +18,8 @@ import duckdb
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from streams.sandbox import QueryLimits, QueryParams, StoreLocked, run_query, seal
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -43,11 +43,6 @@ _OUTBOX_COLUMNS = (
     "change_id, alert_id, change, ts, tenant, user_id, detector, category, status, severity, score, reason, "
     "evidence, action, episode"
 )
-READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
-
-
-class QueryRefused(ValueError):
-    """The query is not a read-only statement."""
 
 
 def sql_dir() -> Path:
@@ -90,79 +85,17 @@ def migrate(conn: duckdb.DuckDBPyConnection, upto: int | None = None) -> list[st
     return applied
 
 
-def check_read_only(sql: str) -> None:
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise QueryRefused(f"cannot parse query: {exc}") from exc
-    if not statements:
-        raise QueryRefused("empty query")
-    for statement in statements:
-        kind = statement.type.name
-        if kind not in READ_ONLY_STATEMENTS:
-            raise QueryRefused(f"only read-only statements are allowed here, not {kind}")
-        if kind == "PRAGMA" and not re.match(
-            r"\s*pragma\s+(version|database_size|show_tables|table_info)", statement.query, re.IGNORECASE
-        ):
-            raise QueryRefused("only informational PRAGMAs are allowed here")
-
-
-QueryParams = dict[str, Any]
-
-
-def parse_query_body(body: bytes, content_type: str | None = None) -> tuple[str, QueryParams | None]:
-    """The ``/query`` request body: plain SQL text, or JSON ``{"sql": "...", "params": {...}}``.
-
-    JSON is recognised by its content type or by a leading ``{`` (no SQL statement starts with one).
-    Parameter values must be scalars (string, number, boolean or null); they are bound, never spliced.
-    """
-    text = body.decode("utf-8", "replace")
-    if not ((content_type and "json" in content_type.lower()) or text.lstrip().startswith("{")):
-        return text, None
-    try:
-        payload = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"query body is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("sql"), str):
-        raise ValueError('a JSON query body must be an object with a "sql" string')
-    params = payload.get("params")
-    if params is None:
-        return payload["sql"], None
-    if not isinstance(params, dict):
-        raise ValueError('"params" must be an object of name: value')
-    for name, value in params.items():
-        if not isinstance(value, str | int | float | bool) and value is not None:
-            raise ValueError(f"parameter {name!r} must be a string, number, boolean or null")
-    return payload["sql"], params
-
-
-def run_read_only(
-    conn: duckdb.DuckDBPyConnection, sql: str, params: QueryParams | None = None, catalog: str | None = None
-) -> pa.Table:
-    """Run a read-only query on a cursor inside a transaction that is always rolled back.
-
-    ``params`` binds DuckDB named parameters (``$name``) of the last statement. ``catalog``: the database the
-    cursor starts in, when it is not the connection's first (a store attached with a row group size)."""
-    check_read_only(sql)
-    cursor = conn.cursor()
-    try:
-        if catalog is not None:
-            cursor.execute(f"USE {catalog}")
-        # a name that is no table must not resolve to a Python object of this process (DuckDB's replacement scans,
-        # which the writer's connection uses for its own batches)
-        cursor.execute("SET python_enable_replacements = false")
-        cursor.execute("BEGIN TRANSACTION")
-        try:
-            statements = duckdb.extract_statements(sql)
-            for statement in statements[:-1]:
-                cursor.execute(statement)
-            relation = cursor.sql(statements[-1].query, params=params or None)
-            result = relation.to_arrow_table() if relation is not None else pa.table({})
-        finally:
-            cursor.execute("ROLLBACK")
-    finally:
-        cursor.close()
-    return result
+def _user_states_table(users: list[tuple[int, str, str, bytes]]) -> pa.Table | None:
+    if not users:
+        return None
+    return pa.table(
+        {
+            "kafka_partition": pa.array([u[0] for u in users], pa.int32()),
+            "tenant": [u[1] for u in users],
+            "user_id": [u[2] for u in users],
+            "state": pa.array([u[3] for u in users], pa.binary()),
+        }
+    )
 
 
 def _dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -220,12 +153,15 @@ class Store:
         checkpoint_threshold: str | None = None,
         upto: int | None = None,
         row_group_size: int | None = None,
+        limits: QueryLimits | None = None,
     ) -> None:
         """``upto`` stops the schema at that migration: how tests and the side-by-side benchmark build a store
-        as an earlier version wrote it. ``row_group_size``: see ``Settings.duckdb_row_group_size``."""
+        as an earlier version wrote it. ``row_group_size``: see ``Settings.duckdb_row_group_size``. ``limits``:
+        what one caller's query may take (:meth:`query`)."""
         self.path = Path(path)
+        self.limits = limits or QueryLimits()
         # DuckDB takes a row group size only as an option of ATTACH: the file is then attached to an in-memory
-        # database and made this connection's default; a cursor starts in the in-memory one (run_read_only).
+        # database and made this connection's default; a cursor starts in the in-memory one (sandbox.run_query).
         self.catalog: str | None = STORE_CATALOG if row_group_size else None
         try:
             if row_group_size:
@@ -241,12 +177,12 @@ class Store:
             # DuckDB checkpoints inside the commit that grows the WAL past this (16 MB by default): a stall of
             # hundreds of ms in the batch that triggers it.
             self.conn.execute("SET checkpoint_threshold = ?", [checkpoint_threshold])
-        # The sink's statements read the batch's Arrow tables straight from the calling method's local variables
-        # (DuckDB's replacement scans: ``FROM decisions_batch`` finds the local ``decisions_batch``): registering
-        # and unregistering a view per table cost two more calls into DuckDB per table per commit, ~0.45 ms
-        # offline and each a GIL round trip live.
-        self.conn.execute("SET python_enable_replacements = true")
         migrate(self.conn, upto)
+        # The instance answers callers' SQL too (/query, on cursors of this connection): from here on it reads no
+        # file but its own, loads no extension, and no statement changes its settings (streams/sandbox.py). So the
+        # sink reads each batch's Arrow tables through views registered for its statements (:meth:`_views`), not
+        # through DuckDB's replacement scans of Python variables, which external access off turns off.
+        seal(self.conn)
         self._offsets: dict[str, dict[int, int]] = {}  # topic -> partition -> next_offset, as this writer stored it
         # The outbox's unpublished changes, change_id -> row: read once by the first unpublished_changes(), then
         # kept as commits add rows (from the insert's RETURNING) and mark_published takes them out, so publishing
@@ -265,6 +201,19 @@ class Store:
     def close(self) -> None:
         self._reader.close()
         self.conn.close()
+
+    @contextlib.contextmanager
+    def _views(self, **tables: pa.Table) -> Iterator[None]:
+        """The batch's Arrow tables as views of the writer's connection, by name, for the statements inside.
+        Registered views are the connection's own: a caller's query, on another cursor, never sees them."""
+        for name, table in tables.items():
+            self.conn.register(name, table)
+        try:
+            yield
+        finally:
+            for name in tables:
+                with contextlib.suppress(duckdb.Error):  # a failed statement aborted the transaction, view and all
+                    self.conn.unregister(name)
 
     # -- reading the checkpoint -------------------------------------------------------------------
     def offsets(self, topic: str) -> dict[int, int]:
@@ -364,117 +313,121 @@ class Store:
         hours = pc.unique(pc.divide(ts_ms, HOUR_MS).cast(pa.int32())).to_pylist()
         # The keys are hashed in SQL, in the statements that use them: DuckDB does it without holding the GIL,
         # which the worker's Python work needs, and each call into DuckDB is a GIL round trip of its own.
-        decisions_batch = decisions  # noqa: F841 (read by the statements below: see __init__)
-        stored_hours = "SELECT hour, event_key FROM event_keys WHERE hour IN (SELECT unnest(?::INTEGER[]))"
-        batch_keys = f"SELECT event_id, {_HOUR} AS hour, {_KEY} AS event_key FROM decisions_batch"
-        row = conn.execute(
-            f"INSERT INTO event_keys SELECT b.hour, b.event_key FROM ({batch_keys}) b "
-            f"ANTI JOIN ({stored_hours}) k USING (hour, event_key)",
-            [hours],
-        ).fetchone()
-        if row is None or row[0] != decisions.num_rows:  # a key was stored already: the rare way, in two steps
-            self.rollback()
-            self.begin()
-            hits = conn.execute(
-                f"SELECT b.event_id, b.hour FROM ({batch_keys}) b SEMI JOIN ({stored_hours}) k USING (hour, event_key)",
+        with self._views(decisions_batch=decisions):
+            stored_hours = "SELECT hour, event_key FROM event_keys WHERE hour IN (SELECT unnest(?::INTEGER[]))"
+            batch_keys = f"SELECT event_id, {_HOUR} AS hour, {_KEY} AS event_key FROM decisions_batch"
+            row = conn.execute(
+                f"INSERT INTO event_keys SELECT b.hour, b.event_key FROM ({batch_keys}) b "
+                f"ANTI JOIN ({stored_hours}) k USING (hour, event_key)",
                 [hours],
-            ).fetchall()
-            if hits:
-                found = sorted({int(hour) for _id, hour in hits})
-                stored = conn.execute(
-                    "SELECT DISTINCT event_id FROM decision_rows "
-                    "WHERE ts >= to_timestamp(?::BIGINT * 3600) AND ts < to_timestamp(?::BIGINT * 3600) "
-                    "AND event_id IN (SELECT unnest(?::VARCHAR[]))",
-                    [found[0], found[-1] + 1, [event_id for event_id, _hour in hits]],
+            ).fetchone()
+            if row is None or row[0] != decisions.num_rows:  # a key was stored already: the rare way, in two steps
+                self.rollback()
+                self.begin()
+                conn.register("decisions_batch", decisions)  # the rollback took the view with it
+                hits = conn.execute(
+                    f"SELECT b.event_id, b.hour FROM ({batch_keys}) b "
+                    f"SEMI JOIN ({stored_hours}) k USING (hour, event_key)",
+                    [hours],
                 ).fetchall()
-                if stored:
-                    return {str(row[0]) for row in stored}
-            conn.execute(f"INSERT INTO event_keys SELECT {_HOUR}, {_KEY} FROM decisions_batch")
-        if layouts is not None and layouts.num_rows:
-            self._insert_layouts(layouts)
-        conn.execute(f"INSERT INTO decision_rows BY NAME SELECT {_ROW_COLUMNS} FROM decisions_batch")
+                if hits:
+                    found = sorted({int(hour) for _id, hour in hits})
+                    stored = conn.execute(
+                        "SELECT DISTINCT event_id FROM decision_rows "
+                        "WHERE ts >= to_timestamp(?::BIGINT * 3600) AND ts < to_timestamp(?::BIGINT * 3600) "
+                        "AND event_id IN (SELECT unnest(?::VARCHAR[]))",
+                        [found[0], found[-1] + 1, [event_id for event_id, _hour in hits]],
+                    ).fetchall()
+                    if stored:
+                        return {str(row[0]) for row in stored}
+                conn.execute(f"INSERT INTO event_keys SELECT {_HOUR}, {_KEY} FROM decisions_batch")
+            if layouts is not None and layouts.num_rows:
+                self._insert_layouts(layouts)
+            conn.execute(f"INSERT INTO decision_rows BY NAME SELECT {_ROW_COLUMNS} FROM decisions_batch")
         return set()
 
     def _insert_layouts(self, layouts: pa.Table) -> None:
         """The layouts not stored yet (a handful per deployment: the store remembers which it has)."""
         new = layouts.filter(pc.invert(pc.is_in(layouts.column("layout_key"), pa.array(self._layouts, pa.uint64()))))
         if new.num_rows:
-            layouts_batch = new  # noqa: F841 (a replacement scan: see __init__)
-            self.conn.execute("INSERT INTO score_layouts BY NAME SELECT * FROM layouts_batch ON CONFLICT DO NOTHING")
+            with self._views(layouts_batch=new):
+                self.conn.execute(
+                    "INSERT INTO score_layouts BY NAME SELECT * FROM layouts_batch ON CONFLICT DO NOTHING"
+                )
             self._new_layouts.update(new.column("layout_key").to_pylist())
 
     def add_daily(self, daily: pa.Table) -> None:
         """Add a batch's per-user, per-category, per-day counts to ``user_category_daily``."""
-        daily_batch = daily  # noqa: F841 (a replacement scan: see __init__)
-        self.conn.execute(
-            "INSERT INTO user_category_daily BY NAME SELECT * FROM daily_batch "
-            "ON CONFLICT (tenant, user_id, category, day) DO UPDATE SET "
-            "decisions = decisions + excluded.decisions, blocks = blocks + excluded.blocks, "
-            "hugs = hugs + excluded.hugs, score_sum = score_sum + excluded.score_sum"
-        )
+        with self._views(daily_batch=daily):
+            self.conn.execute(
+                "INSERT INTO user_category_daily BY NAME SELECT * FROM daily_batch "
+                "ON CONFLICT (tenant, user_id, category, day) DO UPDATE SET "
+                "decisions = decisions + excluded.decisions, blocks = blocks + excluded.blocks, "
+                "hugs = hugs + excluded.hugs, score_sum = score_sum + excluded.score_sum"
+            )
 
     def finish(self, cp: Checkpoint) -> None:
         """Write the rest of the checkpoint and commit. On any error the whole batch rolls back."""
         conn = self.conn
         added: list[dict[str, Any]] = []  # the alert changes this commit stores (the outbox's new rows)
-        # the batch's tables are read by name from this frame's locals (replacement scans: see __init__)
-        if cp.alerts is not None and cp.alerts.num_rows:
-            # Nearly every alert a batch touches is stored already (one opens, then many updates follow): an
-            # UPDATE joined with the batch took 1.7-2.4 ms where DuckDB's ON CONFLICT upsert of the same rows took
-            # 3.5-5 (20 rows into 115, 100k or 1M stored, offline). The alerts it did not find, new ones, are
-            # inserted by a second statement; ``ts`` stays as the first insert wrote it.
-            alerts_batch = cp.alerts  # noqa: F841
-            mutable = [n for n in cp.alerts.column_names if n not in ("alert_id", "ts")]
-            row = conn.execute(
-                "UPDATE alerts SET "
-                + ", ".join(f"{n} = b.{n}" for n in mutable)
-                + " FROM alerts_batch b WHERE alerts.alert_id = b.alert_id"
-            ).fetchone()
-            if row is None or row[0] != cp.alerts.num_rows:
-                conn.execute("INSERT INTO alerts BY NAME SELECT * FROM alerts_batch ANTI JOIN alerts USING (alert_id)")
-        if cp.alert_changes is not None and cp.alert_changes.num_rows:
-            changes_batch = cp.alert_changes  # noqa: F841
-            cursor = conn.execute(
-                "INSERT INTO alert_changes BY NAME SELECT * FROM changes_batch ON CONFLICT DO NOTHING "
-                f"RETURNING {_OUTBOX_COLUMNS}"
-            )
-            added = _dicts(cursor)
-        if cp.dead_letters is not None and cp.dead_letters.num_rows:
-            dlq_batch = cp.dead_letters  # noqa: F841
-            conn.execute("INSERT INTO dead_letters BY NAME SELECT * FROM dlq_batch ON CONFLICT DO NOTHING")
-        if cp.users:
-            state_batch = pa.table(  # noqa: F841
+        tables = {
+            "alerts_batch": cp.alerts,
+            "changes_batch": cp.alert_changes,
+            "dlq_batch": cp.dead_letters,
+            "state_batch": _user_states_table(cp.users),
+        }
+        parts = [p for p, _state, _watermark in cp.populations]
+        states = [state for _p, state, _watermark in cp.populations]
+        watermarks = [watermark for _p, _state, watermark in cp.populations]
+        # One statement per table, whatever the number of partitions: DuckDB's cost here is per statement. The
+        # population rows already stored take an UPDATE that picks each partition's value from a list parameter:
+        # ~0.75 ms, against ~1.2-1.5 for the same UPDATE joined with a table of the values (offline, 4 rows).
+        update_populations = self._populations.issuperset(parts)
+        if cp.populations and not update_populations:
+            tables["populations_batch"] = pa.table(
                 {
-                    "kafka_partition": pa.array([u[0] for u in cp.users], pa.int32()),
-                    "tenant": [u[1] for u in cp.users],
-                    "user_id": [u[2] for u in cp.users],
-                    "state": pa.array([u[3] for u in cp.users], pa.binary()),
+                    "kafka_partition": pa.array(parts, pa.int32()),
+                    "state": pa.array(states, pa.binary()),
+                    "watermark_ms": pa.array(watermarks, pa.int64()),
                 }
             )
-            conn.execute(
-                "INSERT INTO detector_state BY NAME SELECT * FROM state_batch "
-                "ON CONFLICT (kafka_partition, tenant, user_id) DO UPDATE SET state = excluded.state"
-            )
-        # One statement per table, whatever the number of partitions: DuckDB's cost here is per statement. The
-        # rows already stored take an UPDATE that picks each partition's value from a list parameter: ~0.75 ms,
-        # against ~1.2-1.5 for the same UPDATE joined with a table of the values (offline, 4 rows).
-        if cp.populations:
-            parts, states, watermarks = (list(column) for column in zip(*cp.populations, strict=True))
-            if self._populations.issuperset(parts):
+        with self._views(**{name: t for name, t in tables.items() if t is not None and t.num_rows}):
+            if cp.alerts is not None and cp.alerts.num_rows:
+                # Nearly every alert a batch touches is stored already (one opens, then many updates follow): an
+                # UPDATE joined with the batch took 1.7-2.4 ms where DuckDB's ON CONFLICT upsert of the same rows
+                # took 3.5-5 (20 rows into 115, 100k or 1M stored, offline). The alerts it did not find, new ones,
+                # are inserted by a second statement; ``ts`` stays as the first insert wrote it.
+                mutable = [n for n in cp.alerts.column_names if n not in ("alert_id", "ts")]
+                row = conn.execute(
+                    "UPDATE alerts SET "
+                    + ", ".join(f"{n} = b.{n}" for n in mutable)
+                    + " FROM alerts_batch b WHERE alerts.alert_id = b.alert_id"
+                ).fetchone()
+                if row is None or row[0] != cp.alerts.num_rows:
+                    conn.execute(
+                        "INSERT INTO alerts BY NAME SELECT * FROM alerts_batch ANTI JOIN alerts USING (alert_id)"
+                    )
+            if cp.alert_changes is not None and cp.alert_changes.num_rows:
+                cursor = conn.execute(
+                    "INSERT INTO alert_changes BY NAME SELECT * FROM changes_batch ON CONFLICT DO NOTHING "
+                    f"RETURNING {_OUTBOX_COLUMNS}"
+                )
+                added = _dicts(cursor)
+            if cp.dead_letters is not None and cp.dead_letters.num_rows:
+                conn.execute("INSERT INTO dead_letters BY NAME SELECT * FROM dlq_batch ON CONFLICT DO NOTHING")
+            if cp.users:
+                conn.execute(
+                    "INSERT INTO detector_state BY NAME SELECT * FROM state_batch "
+                    "ON CONFLICT (kafka_partition, tenant, user_id) DO UPDATE SET state = excluded.state"
+                )
+            if cp.populations and update_populations:
                 conn.execute(
                     "UPDATE population_state SET state = (?::BLOB[])[list_position(?::INTEGER[], kafka_partition)], "
                     "watermark_ms = (?::BIGINT[])[list_position(?::INTEGER[], kafka_partition)] "
                     "WHERE list_contains(?::INTEGER[], kafka_partition)",
                     [states, parts, watermarks, parts, parts],
                 )
-            else:
-                populations_batch = pa.table(  # noqa: F841
-                    {
-                        "kafka_partition": pa.array(parts, pa.int32()),
-                        "state": pa.array(states, pa.binary()),
-                        "watermark_ms": pa.array(watermarks, pa.int64()),
-                    }
-                )
+            elif cp.populations:
                 conn.execute(
                     "INSERT INTO population_state BY NAME SELECT * FROM populations_batch "
                     "ON CONFLICT (kafka_partition) "
@@ -583,8 +536,9 @@ class Store:
         return {(str(d), str(v), c): int(n) for d, v, c, n in rows}
 
     def query(self, sql: str, params: QueryParams | None = None) -> pa.Table:
-        """Safe from any thread while the writer works: a separate cursor sees committed snapshots."""
-        return run_read_only(self._reader, sql, params, self.catalog)
+        """A caller's query, in the sandbox (streams/sandbox.py). Safe from any thread while the writer works: a
+        separate cursor sees committed snapshots."""
+        return run_query(self._reader, sql, params, limits=self.limits, catalog=self.catalog)
 
 
 def open_store(settings: Settings) -> Store:
@@ -593,22 +547,5 @@ def open_store(settings: Settings) -> Store:
         settings.db,
         checkpoint_threshold=settings.duckdb_checkpoint_threshold,
         row_group_size=settings.duckdb_row_group_size,
+        limits=settings.query_limits(),
     )
-
-
-class StoreLocked(RuntimeError):
-    def __init__(self, path: Path, cause: Exception) -> None:
-        super().__init__(
-            f"{path} is held by another process (DuckDB allows one writer). Stop the other guardstream "
-            f"process, or query it through its /query endpoint with `guardstream sql`. ({cause})"
-        )
-
-
-def open_read_only(path: Path | str) -> duckdb.DuckDBPyConnection:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no database at {path}: run the pipeline first, or pass --db")
-    try:
-        return duckdb.connect(str(path), read_only=True)
-    except duckdb.IOException as exc:
-        raise StoreLocked(path, exc) from exc

@@ -21,9 +21,10 @@ from streams.broker import free_port
 from streams.pipeline import Message, Pipeline
 from streams.produce import bad_events, produce
 from streams.rebuild import rebuild
+from streams.sandbox import open_sandboxed
 from streams.settings import Settings
 from streams.simulator import SimConfig, simulate
-from streams.store import Store, open_read_only
+from streams.store import Store
 from tests.integration.test_run_against_broker import GUARDSTREAM, env_for, get_json, read_topic, wait_until
 from tests.integration.test_store_pipeline import row_group_sizes
 
@@ -42,7 +43,7 @@ TABLES = {
 
 
 def snapshot(db: Path) -> dict[str, list[Any]]:
-    conn = open_read_only(db)
+    conn = open_sandboxed(db)
     try:
         return {name: conn.execute(sql).fetchall() for name, sql in TABLES.items()}
     finally:

@@ -16,11 +16,13 @@ import pytest
 
 from detectors.events import pseudonymize
 from detectors.registry import build_engine
+from streams.endpoints import parse_query_body
 from streams.evaluate import kafka_partition
 from streams.investigate import available, bind, declared_params, named_query
 from streams.pipeline import Message, Pipeline
+from streams.sandbox import run_query
 from streams.simulator import SimConfig, simulate
-from streams.store import Store, parse_query_body, run_read_only
+from streams.store import Store
 
 pytestmark = pytest.mark.integration
 GUARDSTREAM = [sys.executable, "-m", "streams.cli"]
@@ -222,9 +224,9 @@ def test_parsed_body_binds_on_a_read_only_cursor() -> None:
         assert set(declared_params(sql)) == {"user_id", "limit"}
         body = json.dumps({"sql": "SELECT n FROM t WHERE user_id = $user_id", "params": {"user_id": "u2"}}).encode()
         text, params = parse_query_body(body, "application/json")
-        assert run_read_only(conn, text, params).to_pylist() == [{"n": 2}]
+        assert run_query(conn, text, params).to_pylist() == [{"n": 2}]
         evil = {"user_id": "x' OR 1=1 --"}
-        assert run_read_only(conn, text, evil).num_rows == 0
+        assert run_query(conn, text, evil).num_rows == 0
         assert bind(sql, {"user_id": "u"}) == {"user_id": "u", "limit": "500"}
     finally:
         conn.close()

@@ -14,8 +14,9 @@ from detectors.engine import Engine
 from detectors.registry import DetectorConfig, build_engine
 from streams.pipeline import DeadLetter, Message, Pipeline, event_key
 from streams.produce import bad_events
+from streams.sandbox import QueryRefused, open_sandboxed
 from streams.simulator import SimConfig, simulate
-from streams.store import Checkpoint, QueryRefused, Store, open_read_only, run_read_only
+from streams.store import Checkpoint, Store
 
 pytestmark = pytest.mark.integration
 TOPIC = "guardrail.decisions"
@@ -44,7 +45,7 @@ def process(p: Pipeline, msgs: list[Message], batch: int = 700) -> None:
 
 def row_group_sizes(db: Path) -> list[int]:
     """The rows of each of ``decision_rows``' row groups."""
-    conn = open_read_only(db)
+    conn = open_sandboxed(db)
     try:
         rows = conn.execute(
             "SELECT sum(count) FROM pragma_storage_info('decision_rows') "
@@ -56,7 +57,7 @@ def row_group_sizes(db: Path) -> list[int]:
 
 
 def snapshot(db: Path) -> dict[str, object]:
-    conn = open_read_only(db)
+    conn = open_sandboxed(db)
     try:
         return {
             "decisions": conn.execute("SELECT count(*), count(DISTINCT event_id) FROM decisions").fetchall(),
@@ -189,9 +190,9 @@ def test_a_store_with_a_row_group_size_stores_the_same_in_row_groups_that_size(
 
 def test_the_query_path_is_read_only(tmp_path: Path) -> None:
     store = Store(tmp_path / "q.duckdb")
-    assert run_read_only(store.conn, "SELECT count(*) AS n FROM decisions").to_pylist() == [{"n": 0}]
-    # the writer reads its batches from Python variables by name; a query never does
-    setting = run_read_only(store.conn, "SELECT current_setting('python_enable_replacements') AS on").to_pylist()
+    assert store.query("SELECT count(*) AS n FROM decisions").to_pylist() == [{"n": 0}]
+    # the writer's connection is sealed: no statement can read a file or change a setting (streams/sandbox.py)
+    setting = store.query("SELECT current_setting('enable_external_access') AS on").to_pylist()
     assert setting == [{"on": False}]
     for sql in (
         "INSERT INTO alerts VALUES (1)",
@@ -202,7 +203,7 @@ def test_the_query_path_is_read_only(tmp_path: Path) -> None:
         "SELECT 1; DROP TABLE decisions",
     ):
         with pytest.raises(QueryRefused):
-            run_read_only(store.conn, sql)
+            store.query(sql)
     assert store.conn.execute("SELECT count(*) FROM decisions").fetchone() == (0,)
     store.close()
 
@@ -355,14 +356,14 @@ def test_a_detector_error_dead_letters_the_event_before_the_batch_commits(
     flaky, reference = snapshot(tmp_path / "flaky.duckdb"), snapshot(tmp_path / "reference.duckdb")
     assert flaky == reference
     assert flaky["dead_letters"] == [(40 + len(boom),)]
-    conn = open_read_only(tmp_path / "flaky.duckdb")
+    conn = open_sandboxed(tmp_path / "flaky.duckdb")
     states = conn.execute("SELECT * FROM detector_state ORDER BY ALL").fetchall()
     stored = conn.execute(
         "SELECT count(*) FROM decisions WHERE event_id IN (SELECT unnest(?))", [sorted(boom)]
     ).fetchone()
     reasons = conn.execute("SELECT DISTINCT reason_code FROM dead_letters WHERE event_id IS NOT NULL").fetchall()
     conn.close()
-    conn = open_read_only(tmp_path / "reference.duckdb")
+    conn = open_sandboxed(tmp_path / "reference.duckdb")
     assert states == conn.execute("SELECT * FROM detector_state ORDER BY ALL").fetchall()
     conn.close()
     assert stored == (len(boom),), "the events themselves are valid and stored"

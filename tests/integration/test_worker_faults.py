@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.broker import free_port
 from streams.produce import produce
+from streams.sandbox import open_sandboxed
 from streams.settings import Settings
 from streams.simulator import SimConfig, simulate
-from streams.store import open_read_only
 from tests.integration.test_run_against_broker import GUARDSTREAM, env_for, get_json, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_a_detector_bug_dead_letters_the_events_and_the_stream_goes_on(settings:
     assert counted == len(victim_events)
     assert log.read_text().count("detector failed on event") >= len(victim_events)
 
-    conn = open_read_only(settings.db)
+    conn = open_sandboxed(settings.db)
     try:
         stored: Any = conn.execute("SELECT count(*) FROM decisions").fetchone()
         letters: Any = conn.execute("SELECT count(*) FROM dead_letters WHERE reason_code = 'detector_error'").fetchone()
