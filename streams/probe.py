@@ -16,7 +16,7 @@ import sys
 import urllib.error
 import urllib.request
 
-# The settings this reads (streams/settings.py defines them; tests/unit/test_web_security.py checks the names).
+# The settings this reads (streams/settings.py defines them; tests/unit/test_web_credentials.py checks the names).
 PREFIX = "GUARDSTREAM_"
 READS = (
     "WEB_PORT",
