@@ -37,6 +37,7 @@ from streams.outbox import publish_outbox
 from streams.pipeline import DeadLetter, Message, Outcome, Pipeline
 from streams.settings import Settings
 from streams.store import Store
+from streams.web_security import guard, server_ssl_context
 
 log = logging.getLogger("guardstream.app")
 T = TypeVar("T")
@@ -424,13 +425,24 @@ def judge_rates(engine: Any) -> dict[str, tuple[int, int]]:
 
 
 def web_ssl_context(settings: Settings) -> Any:
-    if not settings.web_tls_cert:
-        return None
-    import ssl
+    return server_ssl_context(settings)  # HTTPS, and with a client CA mutual TLS
 
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(settings.web_tls_cert), str(settings.web_tls_key) if settings.web_tls_key else None)
-    return context
+
+def web_options(settings: Settings) -> dict[str, Any]:
+    """Faust's web server settings: guardstream's middleware in front of every route of Faust's aiohttp app (its
+    own pages, unknown paths), and Faust's pages that guardstream does not use turned off (no tables, no
+    table routing, no debug statistics: they would show the cluster's topology and sensors)."""
+    return {
+        "web_application_options": {
+            "middlewares": [guard(settings)],
+            "client_max_size": settings.web_max_request_bytes,
+        },
+        "web_router_enabled": False,
+        "web_tables_enabled": False,
+        "web_stats_enabled": False,
+        "web_graph_enabled": False,
+        "web_metrics_enabled": False,
+    }
 
 
 def create_app(settings: Settings, service: Service, datadir: str) -> faust.App:
@@ -456,6 +468,7 @@ def create_app(settings: Settings, service: Service, datadir: str) -> faust.App:
         web_port=settings.web_port,
         web_ssl_context=web_ssl_context(settings),
         web_in_thread=False,
+        **web_options(settings),
         producer_linger_ms=5,
         broker_session_timeout=settings.session_timeout_seconds,
         broker_rebalance_timeout=settings.rebalance_timeout_seconds,
@@ -548,7 +561,9 @@ def create_app(settings: Settings, service: Service, datadir: str) -> faust.App:
     authorization = settings.web_authorization()
 
     class Guarded(View):
-        """Every endpoint: basic auth when it is configured (401 otherwise), in constant time."""
+        """Every endpoint: basic auth when it is configured (401 otherwise), in constant time. The middleware
+        (streams/web_security.py) already guards every path; this keeps guardstream's own views guarded
+        wherever Faust's app is mounted."""
 
         async def dispatch(self, request: Any) -> Any:
             given = request.headers.get("Authorization") if getattr(request, "headers", None) else None

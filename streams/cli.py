@@ -95,6 +95,7 @@ def run(
     batches to the writer process, which owns the DuckDB file."""
     from streams.broker import BrokerError
     from streams.sandbox import StoreLocked
+    from streams.web_security import ServingRefused
     from streams.worker import run_worker
 
     settings = Settings().with_overrides(
@@ -107,7 +108,7 @@ def run(
     )
     try:
         run_worker(settings, loglevel=loglevel)
-    except (StoreLocked, BrokerError) as exc:
+    except (StoreLocked, BrokerError, ServingRefused) as exc:
         raise fail(str(exc)) from exc
     except (ValueError, OSError) as exc:
         if settings.anomaly_model is not None and str(settings.anomaly_model) in str(exc):
@@ -129,13 +130,14 @@ def writer_command(
 
     from streams.broker import BrokerError
     from streams.sandbox import StoreLocked
+    from streams.web_security import ServingRefused
     from streams.writer import run_writer
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings().with_overrides(bootstrap=bootstrap, db=db, web_host=host, web_port=port)
     try:
         run_writer(settings)
-    except (StoreLocked, BrokerError) as exc:
+    except (StoreLocked, BrokerError, ServingRefused) as exc:
         raise fail(str(exc)) from exc
 
 
@@ -610,6 +612,8 @@ def verdict(
             raise fail(exc.read().decode("utf-8", "replace")) from exc
         except urllib.error.URLError as exc:
             raise fail(f"cannot reach the pipeline at {target}: {exc.reason}") from exc
+        except OSError as exc:  # e.g. TLS 1.3: a refused client certificate shows when the answer is read
+            raise fail(f"cannot reach the pipeline at {target}: {exc}") from exc
     else:
         if not settings.db.exists():
             raise fail(f"no database at {settings.db}: pass --db")
@@ -849,7 +853,19 @@ def show_settings() -> None:
     Console().print(table)
 
 
+def settings_error(exc: Any) -> str:
+    """A pydantic ValidationError of the settings as one line naming the variables (never the values given)."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    parts = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(loc) for loc in error["loc"])
+        parts.append(f"{prefix}{where.upper()}: {message}" if where else message)
+    return "settings: " + "; ".join(parts)
+
+
 def main() -> None:
+    from pydantic import ValidationError
     from rich.markup import escape
 
     from streams.detector_config import DetectorConfigError
@@ -858,6 +874,11 @@ def main() -> None:
         app()
     except DetectorConfigError as exc:  # from any command that builds the detectors (run, eval, rebuild, bench)
         console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        sys.exit(2)
+    except ValidationError as exc:  # GUARDSTREAM_* settings: a bad value, or half-set credentials
+        if exc.title != Settings.__name__:
+            raise
+        console.print(f"[bold red]error:[/bold red] {escape(settings_error(exc))}", soft_wrap=True)
         sys.exit(2)
 
 

@@ -7,6 +7,7 @@ directly. Either way the query runs in the sandbox of :mod:`streams.sandbox` and
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -36,7 +37,8 @@ def service_request(
 
 
 def open_service(request: urllib.request.Request, timeout: float) -> Any:
-    """urlopen with the worker's TLS trust (GUARDSTREAM_WEB_TLS_CAFILE or its own certificate) for https."""
+    """urlopen with the worker's TLS trust (GUARDSTREAM_WEB_TLS_CAFILE or its own certificate) for https, presenting
+    GUARDSTREAM_WEB_TLS_CLIENT_CERT/KEY to a server that requires a client certificate (mutual TLS)."""
     context = Settings().web_client_context() if request.full_url.startswith("https:") else None
     return urllib.request.urlopen(request, timeout=timeout, context=context)
 
@@ -63,6 +65,8 @@ def query_service(url: str, sql: str, timeout: float | None = None, params: Quer
         raise QueryFailed(detail) from exc
     except urllib.error.URLError as exc:
         raise QueryFailed(f"cannot reach the pipeline at {url}: {exc.reason}") from exc
+    except (OSError, http.client.HTTPException) as exc:  # e.g. TLS 1.3: a refused client certificate shows here
+        raise QueryFailed(f"cannot reach the pipeline at {url}: {exc}") from exc
     return pa.ipc.open_stream(body).read_all()
 
 

@@ -8,7 +8,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -134,10 +134,14 @@ class Settings(BaseSettings):
     )
 
     # Serving (metrics, status and the read-only query endpoint)
-    web_host: str = Field("127.0.0.1", description="interface for /metrics, /status and /query (loopback)")
+    web_host: str = Field(
+        "127.0.0.1",
+        description="interface for /metrics, /status and /query (loopback); any other needs web_tls_cert and "
+        "basic auth or web_tls_client_cafile, or run and writer refuse to start",
+    )
     web_port: int = Field(6066, ge=0, le=65535, description="port for /metrics, /status and /query")
     web_username: str | None = Field(
-        None, description="if set (with web_password), every endpoint requires HTTP basic auth with it"
+        None, description="with web_password: every path of every endpoint requires HTTP basic auth (401 without)"
     )
     web_password: SecretStr | None = Field(None, description="the basic-auth password for web_username")
     web_tls_cert: Path | None = Field(None, description="PEM certificate: serve the endpoints over HTTPS")
@@ -145,6 +149,74 @@ class Settings(BaseSettings):
     web_tls_cafile: Path | None = Field(
         None, description="CA (or the self-signed certificate) the CLI trusts when it calls a worker over HTTPS"
     )
+
+    # Serving: who may ask (issue 25, endpoint authentication). `run` and `writer` refuse to serve beyond loopback
+    # without TLS and credentials (basic auth, or client certificates), and half-set credentials are an error
+    # everywhere (see check_web_credentials below and streams/web_security.py).
+    web_tls_client_cafile: Path | None = Field(
+        None,
+        description="mutual TLS: the server (with web_tls_cert) requires every client to present a certificate "
+        "signed by this CA (PEM) and refuses the TLS handshake otherwise",
+    )
+    web_tls_client_cert: Path | None = Field(
+        None,
+        description="PEM client certificate the CLI and the workers (calling the writer) present to a server that "
+        "requires one (web_tls_client_cafile there); it may hold the key too",
+    )
+    web_tls_client_key: Path | None = Field(None, description="PEM private key of web_tls_client_cert")
+    web_max_batch_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="largest request body the writer accepts on /v1/apply (a worker's batch); larger ones get 413. "
+        "A 10,000-event batch of simulated traffic measured 6-9 MB and the committer merges queued batches up to "
+        "about twice batch_max_events: raise it with batch_max_events",
+    )
+    web_max_request_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="largest request body on every other path (/query, /verdict, /v1/checkpoint, the worker's "
+        "pages); larger ones get 413",
+    )
+
+    @field_validator(
+        "web_username",
+        "web_password",
+        "web_tls_cert",
+        "web_tls_key",
+        "web_tls_cafile",
+        "web_tls_client_cafile",
+        "web_tls_client_cert",
+        "web_tls_client_key",
+        mode="before",
+    )
+    @classmethod
+    def empty_is_unset(cls, value: object) -> object:
+        """``GUARDSTREAM_WEB_TLS_CERT=`` means no certificate, not the working directory (``Path("")``)."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def check_web_credentials(self) -> Settings:
+        """Half-set credentials would silently serve (or call) without them: refuse them wherever settings load."""
+        problems = []
+        if bool(self.web_username) != bool(self.web_password and self.web_password.get_secret_value()):
+            given, missing = (
+                ("GUARDSTREAM_WEB_USERNAME", "GUARDSTREAM_WEB_PASSWORD")
+                if self.web_username
+                else ("GUARDSTREAM_WEB_PASSWORD", "GUARDSTREAM_WEB_USERNAME")
+            )
+            problems.append(f"{given} is set without {missing}: basic auth needs both (or neither)")
+        if self.web_tls_key and not self.web_tls_cert:
+            problems.append("GUARDSTREAM_WEB_TLS_KEY is set without GUARDSTREAM_WEB_TLS_CERT")
+        if self.web_tls_client_cafile and not self.web_tls_cert:
+            problems.append(
+                "GUARDSTREAM_WEB_TLS_CLIENT_CAFILE (mutual TLS) needs the server's own GUARDSTREAM_WEB_TLS_CERT "
+                "and GUARDSTREAM_WEB_TLS_KEY"
+            )
+        if self.web_tls_client_key and not self.web_tls_client_cert:
+            problems.append("GUARDSTREAM_WEB_TLS_CLIENT_KEY is set without GUARDSTREAM_WEB_TLS_CLIENT_CERT")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     # Callers' SQL (guardstream sql / query / investigate / export and /query): see streams/sandbox.py
     query_timeout_seconds: float = Field(
@@ -177,13 +249,21 @@ class Settings(BaseSettings):
     def web_scheme(self) -> str:
         return "https" if self.web_tls_cert else "http"
 
-    def web_client_context(self) -> ssl.SSLContext | None:
-        """TLS context for the CLI calling a worker over HTTPS (loopback: the name is not the certificate's)."""
-        if not self.web_tls_cert:
-            return None
-        context = ssl.create_default_context(cafile=str(self.web_tls_cafile or self.web_tls_cert))
-        context.check_hostname = False  # the worker is reached by address; the certificate itself is checked
+    def web_client_context(self) -> ssl.SSLContext:
+        """TLS context for the CLI calling a worker or the writer over HTTPS: trusts web_tls_cafile (else the
+        process's own web_tls_cert, else the system's CAs) and presents web_tls_client_cert when set."""
+        trust = self.web_tls_cafile or self.web_tls_cert
+        context = ssl.create_default_context(cafile=str(trust) if trust else None)
+        if trust:
+            context.check_hostname = False  # reached by address (<db>.service.json); the certificate is checked
+        self.load_client_certificate(context)
         return context
+
+    def load_client_certificate(self, context: ssl.SSLContext) -> None:
+        """Mutual TLS: present web_tls_client_cert (and its key) to a server that asks for one."""
+        if self.web_tls_client_cert:
+            key = str(self.web_tls_client_key) if self.web_tls_client_key else None
+            context.load_cert_chain(str(self.web_tls_client_cert), key)
 
     def pseudonym_key_bytes(self) -> bytes | None:
         return self.pseudonym_key.get_secret_value().encode("utf-8") if self.pseudonym_key else None

@@ -22,6 +22,7 @@ from streams.metrics import Metrics
 from streams.pipeline import Pipeline, Sink
 from streams.settings import Settings
 from streams.store import Store, open_store
+from streams.web_security import check_serving
 
 log = logging.getLogger("guardstream.worker")
 
@@ -71,6 +72,7 @@ def build_pipeline(settings: Settings, store: Sink, config: DetectorConfig | Non
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
     config = detector_config(settings)  # one that cannot be used stops the worker before the store or Kafka
+    check_serving(settings)  # likewise serving beyond loopback without TLS and credentials (ServingRefused)
     if settings.web_port == 0:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
     store: Store | None = None

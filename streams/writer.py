@@ -47,11 +47,12 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from streams import __version__
-from streams.endpoints import AUTH_CHALLENGE, answer_query, authorized, record_verdict, to_ipc
+from streams.endpoints import answer_query, record_verdict, to_ipc
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.outbox import publish_outbox
 from streams.settings import Settings
 from streams.store import Applied, Checkpoint, PartitionCheckpoint, Store, open_store
+from streams.web_security import check_serving, guard, server_ssl_context
 
 log = logging.getLogger("guardstream.writer")
 T = TypeVar("T")
@@ -216,8 +217,11 @@ class RemoteSink:
 
 
 def writer_client_context(settings: Settings) -> ssl.SSLContext:
-    """TLS trust for a worker calling the writer: GUARDSTREAM_WEB_TLS_CAFILE, else the system's CAs."""
-    return ssl.create_default_context(cafile=str(settings.web_tls_cafile) if settings.web_tls_cafile else None)
+    """TLS for a worker calling the writer: trusts GUARDSTREAM_WEB_TLS_CAFILE (else the system's CAs), checks the
+    writer's name against its certificate, and presents GUARDSTREAM_WEB_TLS_CLIENT_CERT when set (mutual TLS)."""
+    context = ssl.create_default_context(cafile=str(settings.web_tls_cafile) if settings.web_tls_cafile else None)
+    settings.load_client_certificate(context)
+    return context
 
 
 def remote_sink(settings: Settings) -> RemoteSink:
@@ -368,15 +372,12 @@ class Writer:
 
 
 def build_web_app(writer: Writer, settings: Settings) -> web.Application:
-    authorization = settings.web_authorization()
-
-    @web.middleware
-    async def basic_auth(request: web.Request, handler: Callable[..., Any]) -> Any:
-        if not authorized(request.headers.get("Authorization"), authorization):
-            return web.Response(status=401, text="authentication required", headers=AUTH_CHALLENGE)
-        return await handler(request)
-
-    app = web.Application(middlewares=[basic_auth], client_max_size=256 * 1024 * 1024)
+    """Every route (and every unknown path) behind basic auth when configured; a worker's batch may be up to
+    GUARDSTREAM_WEB_MAX_BATCH_BYTES, every other body up to GUARDSTREAM_WEB_MAX_REQUEST_BYTES."""
+    batch_limit = (settings.web_max_batch_bytes, "GUARDSTREAM_WEB_MAX_BATCH_BYTES")
+    app = web.Application(
+        middlewares=[guard(settings, {"/v1/apply": batch_limit})], client_max_size=settings.web_max_request_bytes
+    )
     app.add_routes(
         [
             web.post("/v1/checkpoint", writer.checkpoint),
@@ -393,7 +394,6 @@ def build_web_app(writer: Writer, settings: Settings) -> web.Application:
 async def serve(settings: Settings, store: Store, announce: Callable[[str], None] | None = None) -> None:
     from aiokafka import AIOKafkaProducer
 
-    from streams.app import web_ssl_context
     from streams.broker import client_kwargs, ensure_topics
 
     metrics = Metrics()
@@ -404,7 +404,7 @@ async def serve(settings: Settings, store: Store, announce: Callable[[str], None
     await writer.producer.start()
     runner = web.AppRunner(build_web_app(writer, settings), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.web_host, settings.web_port, ssl_context=web_ssl_context(settings))
+    site = web.TCPSite(runner, settings.web_host, settings.web_port, ssl_context=server_ssl_context(settings))
     await site.start()
     url = f"{settings.web_scheme()}://{settings.web_host}:{settings.web_port}"
     log.warning("guardstream writer for %s listening on %s", settings.db, url)
@@ -435,6 +435,7 @@ def run_writer(settings: Settings) -> None:
     from streams.broker import free_port
     from streams.worker import service_file
 
+    check_serving(settings)  # before the store is opened: beyond loopback only over TLS with credentials
     if settings.web_port == 0:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
     store = open_store(settings)

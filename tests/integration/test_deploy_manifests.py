@@ -2,7 +2,8 @@
 with what runs here: no Docker daemon and no cluster, so nothing is started, but every file parses, every path a
 container mounts exists, every `guardstream ...` they run is a real command with real options, every GUARDSTREAM_*
 variable is a real setting with a valid value, the topology is one writer owning the store and stateless workers
-pointed at it (all scraped as job guardstream), the generated manifests equal their sources, and promtool,
+pointed at it (all scraped as job guardstream), no container serves beyond loopback without TLS and credentials
+and every scrape of guardstream is HTTPS with them, the generated manifests equal their sources, and promtool,
 amtool, kubectl kustomize and kubernetes-validate accept what they can check."""
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from deploy import build
 from streams.cli import app
 from streams.settings import Settings
+from streams.web_security import ServingRefused, check_serving, is_loopback
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +49,8 @@ OTHER_CONTAINER_VARS = {"TMPDIR", "HOME"}
 # Custom resources kubernetes-validate has no schema for (checked against the rules/dashboards instead).
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 K8S_VERSION = "1.30"
+# The container health check: GET /status with the container's own credentials (streams/probe.py).
+PROBE = ["python", "-m", "streams.probe", "/status"]
 
 
 def docs_of(path: Path) -> list[Any]:
@@ -399,11 +404,11 @@ def k8s_container_env(objects: list[dict[str, Any]], role: str) -> dict[str, str
     container = container_of(objects, role)
     assert [ref["configMapRef"]["name"] for ref in container["envFrom"]] == ["guardstream-config"]
     env: dict[str, str] = dict(named(objects, "ConfigMap", "guardstream-config")["data"])
-    secret = only(objects, "Secret")
     for item in container["env"]:
         ref = item.get("valueFrom", {}).get("secretKeyRef")
         if ref:
-            assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+            secret = named(objects, "Secret", ref["name"])
+            assert ref["key"] in secret["stringData"], f"{ref} is not in secret.example.yaml"
             env[item["name"]] = secret["stringData"][ref["key"]]
         else:
             env[item["name"]] = item["value"]
@@ -446,8 +451,11 @@ def test_every_web_port_listens_beyond_loopback_and_the_scrapes_match() -> None:
     worker_name, worker = compose_role("run")
     writer_port = settings_from(envs[f"compose {writer_name}"]).web_port
     worker_port = settings_from(envs[f"compose {worker_name}"]).web_port
-    assert f":{writer_port}/status" in " ".join(writer["healthcheck"]["test"])
-    assert f":{worker_port}/status" in " ".join(worker["healthcheck"]["test"])
+    # Every path asks for credentials: the health checks run the in-container probe, which brings them and
+    # calls the container's own GUARDSTREAM_WEB_PORT.
+    assert writer["healthcheck"]["test"] == ["CMD", *PROBE], writer_name
+    assert worker["healthcheck"]["test"] == ["CMD", *PROBE], worker_name
+    assert writer_port == worker_port == 6066, "streams/probe.py defaults to the port the containers set"
 
     # Compose Prometheus: the writer by name, every worker replica by DNS, all in job guardstream.
     scrape = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text())["scrape_configs"]
@@ -478,7 +486,8 @@ def test_every_web_port_listens_beyond_loopback_and_the_scrapes_match() -> None:
         container = container_of(objects, role)
         assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"web": port}, kind
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/status", "port": "web"}, f"{kind} {probe}"
+            assert container[probe]["exec"] == {"command": PROBE}, f"{kind} {probe}"
+            assert container[probe]["timeoutSeconds"] >= 2, f"{kind} {probe}: an interpreter start needs time"
         service = service_for(objects, role)
         assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("web", "web")]
         assert service in scraped, f"the ServiceMonitor does not scrape the {role} Service"
@@ -515,7 +524,7 @@ def test_the_network_policies_admit_the_workers_to_the_writer_and_monitoring_to_
 
 def writer_url_target(url: str) -> tuple[str, int]:
     parts = urllib.parse.urlsplit(url)
-    assert parts.scheme == "http" and parts.hostname and parts.port and parts.path in ("", "/"), url
+    assert parts.scheme == "https" and parts.hostname and parts.port and parts.path in ("", "/"), url
     return parts.hostname, parts.port
 
 
@@ -536,8 +545,13 @@ def test_compose_runs_one_writer_owning_the_store_and_stateless_workers_pointed_
     assert "stop_grace_period" in writer
     assert writer_settings.writer_url is None
 
-    # The workers: no volume and no host port (so they scale), committing to the writer service's port.
-    assert not worker.get("volumes") and not worker.get("ports") and "container_name" not in worker
+    # The workers: no volume (read-only certificates aside) and no host port (so they scale), committing to the
+    # writer service's port.
+    assert all(
+        is_bind(src) and str(v).endswith(":ro")
+        for v, (src, _) in zip(worker.get("volumes", []), compose_mounts(worker), strict=True)
+    )
+    assert not worker.get("ports") and "container_name" not in worker
     assert worker_settings.writer_url is not None
     assert writer_url_target(worker_settings.writer_url) == (writer_name, writer_settings.web_port)
     assert worker["depends_on"][writer_name]["condition"] == "service_healthy"
@@ -576,7 +590,9 @@ def test_kubernetes_runs_one_writer_owning_the_store_and_a_worker_deployment_poi
     assert container_of(objects, "worker")["args"][0] == "run"
     assert 1 <= deployment["spec"]["replicas"] <= worker_settings.topic_partitions
     pod = deployment["spec"]["template"]["spec"]
-    assert all(set(v) == {"name", "emptyDir"} for v in pod.get("volumes", [])), "workers keep nothing on disk"
+    assert all(set(v) == {"name", "emptyDir"} or set(v) == {"name", "secret"} for v in pod.get("volumes", [])), (
+        "workers keep nothing on disk"
+    )
     assert worker_settings.writer_url is not None
     host, port = writer_url_target(worker_settings.writer_url)
     assert host == writer_service["metadata"]["name"]
@@ -616,6 +632,245 @@ def test_the_docs_name_real_compose_services_and_kubernetes_objects() -> None:
         assert name in services, f"docs name Compose service {name}, which compose.yaml does not define"
     assert f"--scale {compose_role('run')[0]}=" in text, "the docs show how to scale the workers"
     assert f"deployment/{workload(objects, 'worker')['metadata']['name']} --replicas=" in text
+
+
+# --- who may ask: nothing served beyond loopback without TLS and credentials ------------------------------------
+#
+# guardstream refuses at start-up to serve beyond loopback without TLS and credentials (streams/web_security.py);
+# these checks make a deploy file that would hit that refusal, or that scrapes guardstream in clear text or without
+# credentials, fail here first. Each returns the problems it finds; the tests below also feed them broken copies,
+# so they are known to catch what they look for.
+
+SERVING_COMMANDS = {"run", "writer"}  # the subcommands that serve /metrics, /status, /query, ...
+
+
+def secret_literal(value: str) -> bool:
+    """A password written into a Compose file instead of interpolated from the environment (or a .env file)."""
+    return not re.fullmatch(r"\$\{[A-Z0-9_]+(:?[?-][^}]*)?\}", value)
+
+
+def serving_problems(where: str, argv: list[str], env: dict[str, str], mounted: Any) -> list[str]:
+    """What is wrong with a container running `guardstream ARGV` in ENV; ``mounted(path)`` says whether a file
+    the settings name is provided to the container (a bind mount, a Secret volume)."""
+    if not argv or argv[0] not in SERVING_COMMANDS:
+        return []
+    try:
+        settings = settings_from(env)
+    except ValidationError as exc:
+        return [f"{where}: {exc}"]
+    problems = []
+    try:
+        check_serving(settings, load_files=False)
+    except ServingRefused as exc:
+        problems.append(f"{where}: `guardstream {argv[0]}` would refuse to start: {exc}")
+    if is_loopback(settings.web_host):
+        return problems
+    files = {
+        "GUARDSTREAM_WEB_TLS_CERT": settings.web_tls_cert,
+        "GUARDSTREAM_WEB_TLS_KEY": settings.web_tls_key,
+        "GUARDSTREAM_WEB_TLS_CLIENT_CAFILE": settings.web_tls_client_cafile,
+        "GUARDSTREAM_WEB_TLS_CAFILE": settings.web_tls_cafile if settings.writer_url else None,
+    }
+    if settings.web_tls_cert and not settings.web_tls_key:  # only a PEM holding both would do; none here does
+        problems.append(f"{where}: GUARDSTREAM_WEB_TLS_CERT without GUARDSTREAM_WEB_TLS_KEY")
+    if settings.writer_url and not settings.writer_url.startswith("https:"):
+        problems.append(f"{where}: GUARDSTREAM_WRITER_URL {settings.writer_url} is not https")
+    for name, path in files.items():
+        if path is not None and not mounted(PurePosixPath(str(path))):
+            problems.append(f"{where}: {name}={path} is not mounted into the container")
+    return problems
+
+
+def compose_serving_problems(spec: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, service in spec["services"].items():
+        if not (isinstance(service.get("build"), dict) and service["build"].get("dockerfile") == "deploy/Dockerfile"):
+            continue
+        env = env_map(service.get("environment"))
+        password = env.get("GUARDSTREAM_WEB_PASSWORD")
+        if password and secret_literal(password):
+            problems.append(f"compose {name}: GUARDSTREAM_WEB_PASSWORD is written into the file, not interpolated")
+
+        def mounted(path: PurePosixPath, service: dict[str, Any] = service) -> bool:
+            try:
+                return host_path(service, str(path)).parent.is_dir()
+            except AssertionError:
+                return False
+
+        problems += serving_problems(f"compose {name}", list(service.get("command") or ["run"]), env, mounted)
+    return problems
+
+
+def k8s_serving_problems(objects: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    for role, kind in WORKLOAD_KINDS.items():
+        container = container_of(objects, role)
+        for item in container.get("env", []):
+            if item["name"] == "GUARDSTREAM_WEB_PASSWORD" and "secretKeyRef" not in item.get("valueFrom", {}):
+                problems.append(f"{kind}: GUARDSTREAM_WEB_PASSWORD does not come from a Secret")
+        volumes = {v["name"]: v for v in workload(objects, role)["spec"]["template"]["spec"].get("volumes", [])}
+
+        def mounted(path: PurePosixPath, container: dict[str, Any] = container, volumes: Any = volumes) -> bool:
+            for mount in container.get("volumeMounts", []):
+                base = PurePosixPath(mount["mountPath"])
+                secret = volumes.get(mount["name"], {}).get("secret")
+                if secret and base in path.parents:
+                    held = named(objects, "Secret", secret["secretName"])["stringData"]
+                    return str(path.relative_to(base)) in held
+            return False
+
+        problems += serving_problems(kind, list(container["args"]), k8s_container_env(objects, role), mounted)
+    return problems
+
+
+def scrape_jobs() -> dict[Path, list[dict[str, Any]]]:
+    """Every Prometheus scrape config under deploy/ (today Compose's prometheus.yml)."""
+    found = {}
+    for path in YAML_FILES:
+        for doc in docs_of(path):
+            if "scrape_configs" in doc:
+                found[path] = doc["scrape_configs"]
+    return found
+
+
+def scrapes_guardstream(job: dict[str, Any], services: set[str]) -> bool:
+    hosts = {t.rsplit(":", 1)[0] for s in job.get("static_configs", []) for t in s.get("targets", [])}
+    hosts |= {n for d in job.get("dns_sd_configs", []) for n in d.get("names", [])}
+    return job["job_name"] == "guardstream" or bool(hosts & services)
+
+
+def compose_scrape_problems(spec: dict[str, Any], jobs: list[dict[str, Any]], config: Path) -> list[str]:
+    """Scrapes of guardstream: HTTPS, the CA checked, basic auth with the password the containers get."""
+    problems = []
+    services = {n for n, s in spec["services"].items() if isinstance(s.get("build"), dict)}
+    prometheus = spec["services"]["prometheus"]
+    config_dir = PurePosixPath(flag(prometheus["command"], "--config.file")).parent
+    mounted_secrets = {
+        str(config_dir / s["target"]) if not s["target"].startswith("/") else s["target"]: s["source"]
+        for s in prometheus.get("secrets", [])
+        if isinstance(s, dict)
+    }
+    passwords = {env_map(s.get("environment")).get("GUARDSTREAM_WEB_PASSWORD") for n, s in spec["services"].items()}
+    for job in jobs:
+        if not scrapes_guardstream(job, services):
+            continue
+        where = f"{config.name} job {job['job_name']}"
+        if job.get("scheme") != "https":
+            problems.append(f"{where}: scheme is {job.get('scheme', 'http')}, not https")
+        tls = job.get("tls_config") or {}
+        if not tls.get("ca_file") or tls.get("insecure_skip_verify"):
+            problems.append(f"{where}: the server certificate is not checked against a CA (tls_config.ca_file)")
+        else:
+            try:
+                host_path(prometheus, str(config_dir / tls["ca_file"]))
+            except AssertionError:
+                problems.append(f"{where}: tls_config.ca_file {tls['ca_file']} is not mounted")
+        auth = job.get("basic_auth") or {}
+        if not auth.get("username") or "password" in auth or not auth.get("password_file"):
+            problems.append(f"{where}: no basic_auth with a username and a password_file")
+            continue
+        password_file = str(config_dir / auth["password_file"])
+        source = mounted_secrets.get(password_file)
+        secret = (spec.get("secrets") or {}).get(source or "", {})
+        if secret.get("environment") is None or f"${{{secret['environment']}" not in " ".join(map(str, passwords)):
+            problems.append(f"{where}: password_file is not the guardstream containers' GUARDSTREAM_WEB_PASSWORD")
+    return problems
+
+
+def k8s_scrape_problems(objects: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    writer = container_of(objects, "writer")
+    refs = {
+        item["name"]: (item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
+        for item in writer["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    volumes = workload(objects, "writer")["spec"]["template"]["spec"]["volumes"]
+    tls_secrets = {v["secret"]["secretName"] for v in volumes if "secret" in v}
+    for monitor in (o for o in objects if o["kind"] == "ServiceMonitor"):
+        for endpoint in monitor["spec"]["endpoints"]:
+            where = f"ServiceMonitor {monitor['metadata']['name']} port {endpoint.get('port')}"
+            if endpoint.get("scheme") != "https":
+                problems.append(f"{where}: scheme is {endpoint.get('scheme', 'http')}, not https")
+            tls = endpoint.get("tlsConfig") or {}
+            ca = (tls.get("ca") or {}).get("secret") or {}
+            if tls.get("insecureSkipVerify") or ca.get("name") not in tls_secrets:
+                problems.append(f"{where}: the certificate is not checked against the CA of the pods' TLS Secret")
+            auth = endpoint.get("basicAuth") or {}
+            for field, setting in (("username", "GUARDSTREAM_WEB_USERNAME"), ("password", "GUARDSTREAM_WEB_PASSWORD")):
+                ref = auth.get(field) or {}
+                if (ref.get("name"), ref.get("key")) != refs.get(setting):
+                    problems.append(f"{where}: basicAuth.{field} is not the Secret key the pods read {setting} from")
+    return problems
+
+
+def test_no_deploy_file_serves_beyond_loopback_without_tls_and_credentials() -> None:
+    """Every container that serves (`run`, `writer`) either stays on loopback or has TLS with its files mounted and
+    basic auth or client certificates, the password from a Secret / the environment; workers call an https writer."""
+    assert not compose_serving_problems(compose())
+    assert not k8s_serving_problems(k8s_objects())
+    # The image alone serves on loopback (its ENV sets no GUARDSTREAM_WEB_HOST), as the start-up check allows.
+    joined = DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+    env_lines = [line for line in joined if re.match(r"(ENV|ARG)\s", line)]
+    assert env_lines and not any("GUARDSTREAM_WEB_" in line for line in env_lines)
+
+
+def test_every_scrape_of_guardstream_is_https_with_credentials() -> None:
+    jobs = scrape_jobs()
+    assert set(jobs) == {COMPOSE_DIR / "prometheus.yml"}, "a new scrape config: make the check below read it"
+    for path, scrape in jobs.items():
+        assert not compose_scrape_problems(compose(), scrape, path)
+    assert not k8s_scrape_problems(k8s_objects())
+
+
+def test_the_serving_and_scrape_checks_catch_what_they_look_for() -> None:
+    """The two checks above fail on copies of the files with a credential, TLS or scrape setting taken out."""
+    writer_name, _ = compose_role("writer")
+    worker_name, _ = compose_role("run")
+    breaks: list[tuple[str, Any]] = [
+        ("no password", lambda env: env.pop("GUARDSTREAM_WEB_PASSWORD")),
+        ("no credentials", lambda env: [env.pop(k) for k in ("GUARDSTREAM_WEB_USERNAME", "GUARDSTREAM_WEB_PASSWORD")]),
+        ("no TLS", lambda env: [env.pop(k) for k in ("GUARDSTREAM_WEB_TLS_CERT", "GUARDSTREAM_WEB_TLS_KEY")]),
+        ("a literal password", lambda env: env.update(GUARDSTREAM_WEB_PASSWORD="hunter2")),
+        ("a certificate not mounted", lambda env: env.update(GUARDSTREAM_WEB_TLS_CERT="/nowhere/tls.crt")),
+    ]
+    for what, change in breaks:
+        for name in (writer_name, worker_name):
+            spec = compose()
+            env = env_map(spec["services"][name]["environment"])
+            change(env)
+            spec["services"][name]["environment"] = env
+            assert compose_serving_problems(spec), f"compose {name} with {what} passed"
+    spec = compose()
+    env = env_map(spec["services"][worker_name]["environment"])
+    env["GUARDSTREAM_WRITER_URL"] = env["GUARDSTREAM_WRITER_URL"].replace("https:", "http:")
+    spec["services"][worker_name]["environment"] = env
+    assert compose_serving_problems(spec), "a worker calling the writer over http passed"
+
+    for role in WORKLOAD_KINDS:
+        for drop in ("GUARDSTREAM_WEB_PASSWORD", "GUARDSTREAM_WEB_TLS_KEY"):
+            objects = k8s_objects()
+            container = container_of(objects, role)
+            container["env"] = [e for e in container["env"] if e["name"] != drop]
+            named(objects, "ConfigMap", "guardstream-config")["data"].pop(drop, None)
+            assert k8s_serving_problems(objects), f"{role} without {drop} passed"
+        objects = k8s_objects()
+        container_of(objects, role)["volumeMounts"] = [
+            m for m in container_of(objects, role)["volumeMounts"] if m["name"] == "tmp"
+        ]
+        assert k8s_serving_problems(objects), f"{role} without the TLS Secret mounted passed"
+
+    path, scrape = next(iter(scrape_jobs().items()))
+    for key, value in (("scheme", "http"), ("basic_auth", None), ("tls_config", {"insecure_skip_verify": True})):
+        broken = [dict(job) for job in scrape]
+        for job in broken:
+            if job["job_name"] == "guardstream":
+                job.pop(key) if value is None else job.update({key: value})
+        assert compose_scrape_problems(compose(), broken, path), f"a guardstream scrape with {key}={value} passed"
+    for key in ("scheme", "basicAuth", "tlsConfig"):
+        objects = k8s_objects()
+        only(objects, "ServiceMonitor")["spec"]["endpoints"][0].pop(key)
+        assert k8s_scrape_problems(objects), f"a ServiceMonitor without {key} passed"
 
 
 # --- generated manifests ---------------------------------------------------------------------------------------
@@ -678,7 +933,8 @@ def test_promtool_accepts_the_compose_prometheus_config_with_its_mounted_rules(t
     etc.mkdir()
     for source, target in compose_mounts(prometheus):  # lay the bind mounts out as the container sees them
         if is_bind(source) and target.startswith("/etc/prometheus/"):
-            shutil.copy(COMPOSE_DIR / source, etc / PurePosixPath(target).name)
+            copy = shutil.copytree if (COMPOSE_DIR / source).is_dir() else shutil.copy
+            copy(COMPOSE_DIR / source, etc / PurePosixPath(target).name)
     config = etc / PurePosixPath(flag(prometheus["command"], "--config.file")).name
     result = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
