@@ -192,7 +192,8 @@ class Service:
     async def handle(self, batch: Batch) -> None:
         assert self.app is not None
         taken = time.perf_counter()
-        prepared = await self.db(self.pipeline.prepare, batch.messages)
+        # the wall clock stands in for a record without a Kafka timestamp, and bounds the ones stamped ahead of it
+        prepared = await self.db(self.pipeline.prepare, batch.messages, int(time.time() * 1000))
         decoded = time.perf_counter()
         published: set[tuple[int, int]] = set()
         await self.publish_dead_letters(prepared.dead_letters, published)
@@ -209,7 +210,7 @@ class Service:
             elif outcome.fenced:
                 # another worker committed some of these partitions (a rebalance): the pipeline reloaded them;
                 # what it committed is skipped now, the rest goes through on top of its checkpoint
-                prepared = await self.db(self.pipeline.prepare, batch.messages)
+                prepared = await self.db(self.pipeline.prepare, batch.messages, int(time.time() * 1000))
                 await self.publish_dead_letters(prepared.dead_letters, published)
             else:
                 break
@@ -409,7 +410,7 @@ def record_batch(
         m.batch_phase.labels(phase).observe(seconds)
     m.batch_events.observe(len(messages))
     for msg in messages[:: max(1, len(messages) // 50)]:  # a sample keeps the histogram cheap per batch
-        if msg.timestamp_ms:
+        if msg.timestamp_ms > 0:  # Kafka reports a record without a timestamp as -1
             m.ingest_latency.observe(max(0.0, committed_at - msg.timestamp_ms / 1000))
     m.last_commit.set(committed_at)
 
