@@ -33,7 +33,7 @@ from streams.delivery import ack_messages, deliver_batches, deliver_without_race
 from streams.endpoints import AUTH_CHALLENGE, TEXT, answer_query, authorized, record_verdict
 from streams.heap import Heap
 from streams.metrics import CONTENT_TYPE, Metrics
-from streams.outbox import publish_outbox
+from streams.outbox import OutboxError, publish_outbox
 from streams.pipeline import DeadLetter, Message, Outcome, Pipeline
 from streams.settings import Settings
 from streams.store import Store
@@ -102,6 +102,8 @@ class Service:
         self.pipeline = pipeline
         self.metrics = metrics
         self.lock = asyncio.Lock()  # one batch at a time; rebalances wait for the batch in flight
+        # one outbox publication at a time: the start-up one and a batch's must not both send the same changes
+        self.outbox_lock = asyncio.Lock()
         self.started_at = time.time()
         self.first_batch_at: float | None = None
         self.delivery: str | None = None  # how Faust hands over the decisions: "batches" or "stream" (status)
@@ -350,16 +352,26 @@ class Service:
         await asyncio.gather(*futures)
 
     async def publish_outbox(self) -> None:
-        """Publish every alert change not yet acknowledged by the alerts topic, then mark it published."""
+        """Publish every alert change not yet acknowledged by the alerts topic, marking each one published; one
+        too large for the broker goes to the dead-letter topic as a summary instead (streams/outbox.py)."""
         assert self.app is not None
         if self.store is None:
             return  # the writer process publishes its outbox
-        producer, topic = self.app.producer, self.settings.alerts_topic
+        producer, topic, dlq = self.app.producer, self.settings.alerts_topic, self.settings.dlq_topic
 
         def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
             return producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
 
-        await publish_outbox(self.store, self.db, send)
+        def dead_letter(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
+            return producer.send(dlq, key, value, partition=None, timestamp=None, headers=headers)
+
+        async with self.outbox_lock:
+            try:
+                done = await publish_outbox(self.store, self.db, send, dead_letter, topic)
+            except OutboxError as exc:
+                self.metrics.outbox_dead_letters.inc(exc.done.dead_lettered)
+                raise
+        self.metrics.outbox_dead_letters.inc(done.dead_lettered)
 
     def status(self) -> dict[str, Any]:
         partitions = {}
