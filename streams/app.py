@@ -33,7 +33,7 @@ from streams.delivery import ack_messages, deliver_batches, deliver_without_race
 from streams.endpoints import AUTH_CHALLENGE, TEXT, answer_query, authorized, record_verdict
 from streams.heap import Heap
 from streams.metrics import CONTENT_TYPE, Metrics
-from streams.outbox import publish_outbox
+from streams.outbox import OutboxError, publish_outbox
 from streams.pipeline import DeadLetter, Message, Outcome, Pipeline
 from streams.settings import Settings
 from streams.store import Store
@@ -103,6 +103,8 @@ class Service:
         self.pipeline = pipeline
         self.metrics = metrics
         self.lock = asyncio.Lock()  # one batch at a time; rebalances wait for the batch in flight
+        # one outbox publication at a time: the start-up one and a batch's must not both send the same changes
+        self.outbox_lock = asyncio.Lock()
         self.started_at = time.time()
         self.first_batch_at: float | None = None
         self.delivery: str | None = None  # how Faust hands over the decisions: "batches" or "stream" (status)
@@ -193,7 +195,8 @@ class Service:
     async def handle(self, batch: Batch) -> None:
         assert self.app is not None
         taken = time.perf_counter()
-        prepared = await self.db(self.pipeline.prepare, batch.messages)
+        # the wall clock stands in for a record without a Kafka timestamp, and bounds the ones stamped ahead of it
+        prepared = await self.db(self.pipeline.prepare, batch.messages, int(time.time() * 1000))
         decoded = time.perf_counter()
         published: set[tuple[int, int]] = set()
         await self.publish_dead_letters(prepared.dead_letters, published)
@@ -210,7 +213,7 @@ class Service:
             elif outcome.fenced:
                 # another worker committed some of these partitions (a rebalance): the pipeline reloaded them;
                 # what it committed is skipped now, the rest goes through on top of its checkpoint
-                prepared = await self.db(self.pipeline.prepare, batch.messages)
+                prepared = await self.db(self.pipeline.prepare, batch.messages, int(time.time() * 1000))
                 await self.publish_dead_letters(prepared.dead_letters, published)
             else:
                 break
@@ -350,16 +353,26 @@ class Service:
         await asyncio.gather(*futures)
 
     async def publish_outbox(self) -> None:
-        """Publish every alert change not yet acknowledged by the alerts topic, then mark it published."""
+        """Publish every alert change not yet acknowledged by the alerts topic, marking each one published; one
+        too large for the broker goes to the dead-letter topic as a summary instead (streams/outbox.py)."""
         assert self.app is not None
         if self.store is None:
             return  # the writer process publishes its outbox
-        producer, topic = self.app.producer, self.settings.alerts_topic
+        producer, topic, dlq = self.app.producer, self.settings.alerts_topic, self.settings.dlq_topic
 
         def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
             return producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
 
-        await publish_outbox(self.store, self.db, send)
+        def dead_letter(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
+            return producer.send(dlq, key, value, partition=None, timestamp=None, headers=headers)
+
+        async with self.outbox_lock:
+            try:
+                done = await publish_outbox(self.store, self.db, send, dead_letter, topic)
+            except OutboxError as exc:
+                self.metrics.outbox_dead_letters.inc(exc.done.dead_lettered)
+                raise
+        self.metrics.outbox_dead_letters.inc(done.dead_lettered)
 
     def status(self) -> dict[str, Any]:
         partitions = {}
@@ -410,7 +423,7 @@ def record_batch(
         m.batch_phase.labels(phase).observe(seconds)
     m.batch_events.observe(len(messages))
     for msg in messages[:: max(1, len(messages) // 50)]:  # a sample keeps the histogram cheap per batch
-        if msg.timestamp_ms:
+        if msg.timestamp_ms > 0:  # Kafka reports a record without a timestamp as -1
             m.ingest_latency.observe(max(0.0, committed_at - msg.timestamp_ms / 1000))
     m.last_commit.set(committed_at)
 

@@ -456,6 +456,8 @@ class PipelineGroup:
         self, run: _Run, label: str, topic: str, workers: int, writer: bool = False, detectors: bool = True
     ) -> None:
         from streams.broker import free_port
+        from streams.produce import simulated_past_days
+        from streams.simulator import SimConfig
 
         self.run = run
         self.label = label
@@ -471,6 +473,7 @@ class PipelineGroup:
             "GUARDSTREAM_CONSUMER_GROUP": run.name(f"{label}-group"),
             "GUARDSTREAM_TOPIC_PARTITIONS": str(run.settings.topic_partitions),
         }
+        env.setdefault("GUARDSTREAM_MAX_PAST_DAYS", str(simulated_past_days(SimConfig().start)))
         if not detectors:
             env["GUARDSTREAM_DETECTOR_CONFIG"] = str(_no_detectors_config(run.workdir))
         cli = [sys.executable, "-m", "streams.cli"]

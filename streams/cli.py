@@ -158,7 +158,7 @@ def simulate(
     """Produce seeded synthetic guardrail decisions with planted attackers; labels go to a file, never the events."""
     from streams.broker import BrokerError, ensure_topics
     from streams.produce import bad_events as make_bad
-    from streams.produce import produce
+    from streams.produce import produce, simulated_past_days
     from streams.simulator import SimConfig, labels_to_rows
     from streams.simulator import simulate as generate
 
@@ -168,6 +168,12 @@ def simulate(
     labels.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in labels_to_rows(sim.labels)))
     broken = make_bad(bad_events, seed)
     console.print(f"generated {len(sim.events):,} decisions in {time.monotonic() - started:.1f}s; labels in {labels}")
+    needed = simulated_past_days(SimConfig().start)
+    if needed > settings.max_past_days:
+        console.print(
+            f"[yellow]the simulated events are dated from {SimConfig().start.date()}: a worker dead-letters them "
+            f"(stale_timestamp) unless started with GUARDSTREAM_MAX_PAST_DAYS={needed}[/yellow]"
+        )
     try:
         asyncio.run(ensure_topics(settings))
         from streams.output import progress_bar

@@ -26,7 +26,7 @@ from rich.progress import Progress
 from detectors.events import pseudonymize
 from streams.broker import EmbeddedBroker, ensure_topics, free_port
 from streams.evaluate import Opened, print_results, score, train_model
-from streams.produce import bad_events, produce
+from streams.produce import bad_events, produce, simulated_past_days
 from streams.query import query_service
 from streams.settings import Settings
 from streams.simulator import SimConfig, labels_to_rows, simulate
@@ -100,6 +100,7 @@ def run_demo(
         "GUARDSTREAM_PSEUDONYM_KEY": DEMO_PSEUDONYM_KEY,
         "GUARDSTREAM_TOPIC_PARTITIONS": str(partitions),
     }
+    env.setdefault("GUARDSTREAM_MAX_PAST_DAYS", str(simulated_past_days(SimConfig().start)))
     worker: subprocess.Popen[bytes] | None = None
     try:
         console.print(f"[bold]embedded broker[/bold] tansu on {broker.bootstrap}")

@@ -117,6 +117,12 @@ class Metrics:
             ["reason", "nist_measure", "ai600_risk"],
             registry=r,
         )
+        self.outbox_dead_letters = PromCounter(
+            "guardstream_outbox_dead_letters_total",
+            "Alert changes the alerts topic refused for their size: each went to the dead-letter topic as a summary "
+            "(reason alert_too_large) and stays whole in alert_changes, never retried",
+            registry=r,
+        )
         self.duplicates = PromCounter(
             "guardstream_ingest_duplicate_events_total",
             "Events whose event_id was already stored (counted once, not again)",

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from hashlib import md5
 from itertools import accumulate, chain
-from time import perf_counter
+from math import inf
+from time import perf_counter, time
 from typing import Protocol
 
 import msgspec
@@ -121,8 +122,12 @@ class Pipeline:
         topic: str,
         pseudonym_key: bytes | None = None,
         max_future_ms: int = 86_400_000,
+        max_past_ms: int | None = None,
     ) -> None:
+        """``max_future_ms`` / ``max_past_ms``: how far an event's ``ts`` may lie after / before the time its record
+        was produced (``Settings.max_future_seconds`` and ``max_past_days``; no past horizon when ``None``)."""
         self.max_future_ms = max_future_ms
+        self.max_past_ms = max_past_ms
         self.store = store
         self.engine = engine
         self.band = engine.band  # one band for stored columns and detectors
@@ -155,11 +160,19 @@ class Pipeline:
             self.assigned.discard(partition)
 
     # -- the batch -------------------------------------------------------------------------------------
-    def prepare(self, messages: list[Message]) -> Prepared:
+    def prepare(self, messages: list[Message], now_ms: int | None = None) -> Prepared:
+        """Decode and check a batch. ``now_ms`` is the wall-clock time the batch arrived (default: now): the
+        reference for event times of records without a Kafka timestamp, and the latest time any record can have
+        been produced at (a producer sets its records' CreateTime, and one stamped in 9999 must not carry an
+        event dated 9999 past the future check)."""
         out = Prepared()
         seen: set[str] = set()
         accepted = out.accepted
         observe = self.engine.observe
+        if now_ms is None:
+            now_ms = int(time() * 1000)
+        max_future_ms = self.max_future_ms
+        max_past_ms = inf if self.max_past_ms is None else self.max_past_ms
         for msg in messages:
             if msg.partition not in self.assigned:
                 out.not_assigned += 1
@@ -177,13 +190,34 @@ class Pipeline:
                 continue
             seen.add(result.event_id)
             ts_ms = int(result.ts.timestamp() * 1000)
-            if msg.timestamp_ms and ts_ms - msg.timestamp_ms > self.max_future_ms:
-                ahead = (ts_ms - msg.timestamp_ms) / 1000
-                detail = f"ts {result.ts.isoformat()} is {ahead:,.0f}s after the record was produced"
-                out.dead_letters.append(DeadLetter(msg, "future_timestamp", detail, result.event_id))
+            # No Kafka timestamp: Kafka reports -1 (aiokafka passes it on; Faust makes it -0.001 s), old
+            # message formats none at all. The arrival time stands in: the checks are never skipped.
+            produced_ms = msg.timestamp_ms if msg.timestamp_ms > 0 else now_ms
+            latest_ms = produced_ms if produced_ms < now_ms else now_ms
+            if ts_ms - latest_ms > max_future_ms or produced_ms - ts_ms > max_past_ms:
+                out.dead_letters.append(self._out_of_range(msg, result, ts_ms, now_ms))
                 continue
             accepted.append(Accepted(msg, observe(result, ts_ms)))
         return out
+
+    def _out_of_range(self, msg: Message, event: Decision, ts_ms: int, now_ms: int) -> DeadLetter:
+        """The dead letter of an event whose ``ts`` is past the future limit or before the past horizon."""
+        stamped = msg.timestamp_ms > 0
+        produced_ms = msg.timestamp_ms if stamped else now_ms
+        produced = "the record was produced" if stamped else "the record arrived (it has no Kafka timestamp)"
+        ts = event.ts.isoformat()
+        if ts_ms - min(produced_ms, now_ms) > self.max_future_ms:
+            if produced_ms > now_ms:
+                ahead = (ts_ms - now_ms) / 1000
+                detail = f"ts {ts} is {ahead:,.0f}s after the record arrived (its Kafka timestamp is ahead too)"
+            else:
+                detail = f"ts {ts} is {(ts_ms - produced_ms) / 1000:,.0f}s after {produced}"
+            return DeadLetter(msg, "future_timestamp", detail, event.event_id)
+        age, limit = (produced_ms - ts_ms) / DAY_MS, (self.max_past_ms or 0) / DAY_MS
+        detail = (
+            f"ts {ts} is {age:,.1f} days before {produced}, past the {limit:g}-day horizon (GUARDSTREAM_MAX_PAST_DAYS)"
+        )
+        return DeadLetter(msg, "stale_timestamp", detail, event.event_id)
 
     def commit(self, prepared: Prepared, failed: Mapping[str, DeadLetter] | None = None) -> Outcome:
         """Run the detectors over the batch and commit it with its state and offsets in one sink transaction.

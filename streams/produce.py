@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from streams.broker import producer
 from streams.settings import Settings
+
+
+def simulated_past_days(start: datetime, now: datetime | None = None) -> int:
+    """Days back a worker must accept events (``GUARDSTREAM_MAX_PAST_DAYS``) to take simulated traffic produced
+    now. The simulator dates its events from a fixed ``start`` (a seed always gives the same traffic), so as the
+    calendar moves on they fall behind any fixed horizon; the demo and the bench give their workers this one."""
+    age = ((now or datetime.now(UTC)) - start).total_seconds() / 86_400
+    return max(365, math.ceil(age) + 2)
 
 
 def bad_events(count: int, seed: int) -> list[tuple[bytes, bytes]]:

@@ -107,9 +107,20 @@ class Settings(BaseSettings):
     max_future_seconds: float = Field(
         86_400.0,
         gt=0,
-        description="reject (future_timestamp) an event whose ts is this far past its Kafka record timestamp: "
-        "event time drives each partition's watermark, and one event dated 9999 would resolve every alert",
+        description="reject (future_timestamp) an event whose ts is this far past its Kafka record timestamp, or past "
+        "its arrival when the record has none or one ahead of the worker's clock: event time drives each "
+        "partition's watermark, and one event dated 9999 would resolve every alert",
     )
+    # Bad input (issue 25, part 4): event times outside a horizon are dead-lettered, not fed to the detectors
+    max_past_days: float = Field(
+        365.0,
+        gt=0,
+        description="reject (stale_timestamp) an event whose ts is more than this many days before its Kafka record "
+        "timestamp (its arrival, for a record without one): clock-zero dates (1970, 0001-01-01) and misrouted "
+        "old traffic never reach the detectors and the daily aggregates; a replay keeps its record timestamps, so "
+        "it passes. Raise it to backfill older history",
+    )
+
     detector_config: Path | None = Field(
         None, description="TOML file overriding detector thresholds (see `guardstream detectors`)"
     )

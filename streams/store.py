@@ -472,7 +472,7 @@ class Store:
                 ("decisions", "decision_rows", "ts < ?", [cutoff]),
                 ("event_keys", "event_keys", "hour < ?", [(cutoff - EPOCH) // timedelta(hours=1)]),
                 ("user_category_daily", "user_category_daily", "day < ?", [day]),
-                ("alert_changes", "alert_changes", "ts < ? AND published", [cutoff]),
+                ("alert_changes", "alert_changes", "ts < ? AND (published OR dead_letter IS NOT NULL)", [cutoff]),
                 ("dead_letters", "dead_letters", "ingested_at < ?", [cutoff]),
                 ("alerts", "alerts", "status = 'resolved' AND last_ts < ?", [cutoff]),
             ):
@@ -492,7 +492,9 @@ class Store:
     def unpublished_changes(self) -> list[dict[str, Any]]:
         """The outbox: alert changes committed and not yet acknowledged by the alerts topic, oldest first."""
         if self._outbox is None:
-            cursor = self.conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM alert_changes WHERE NOT published")
+            cursor = self.conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM alert_changes WHERE NOT published AND dead_letter IS NULL"
+            )
             self._outbox = {row["change_id"]: row for row in _dicts(cursor)}
         return sorted(self._outbox.values(), key=lambda row: (row["ts"], row["change_id"]))
 
@@ -512,6 +514,13 @@ class Store:
         if self._outbox is not None:
             for change_id in change_ids:
                 self._outbox.pop(change_id, None)
+
+    def mark_dead_lettered(self, change_id: str, reason: str) -> None:
+        """An alert change the alerts topic refused for good (too large): out of the outbox, never offered again;
+        ``reason`` stays on its row (``alert_changes.dead_letter``) with the whole change."""
+        self.conn.execute("UPDATE alert_changes SET dead_letter = ? WHERE change_id = ?", [reason, change_id])
+        if self._outbox is not None:
+            self._outbox.pop(change_id, None)
 
     def record_verdict(self, alert_id: str, verdict: str, analyst: str | None, note: str | None) -> str:
         """Store an analyst's verdict on an alert (the latest one wins); returns the alert's detector."""

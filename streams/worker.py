@@ -19,7 +19,7 @@ from streams.app import Service, create_app
 from streams.broker import ensure_topics, free_port, pid_alive
 from streams.detector_config import load_detector_config
 from streams.metrics import Metrics
-from streams.pipeline import Pipeline, Sink
+from streams.pipeline import DAY_MS, Pipeline, Sink
 from streams.settings import Settings
 from streams.store import Store, open_store
 from streams.web_security import check_serving
@@ -66,6 +66,7 @@ def build_pipeline(settings: Settings, store: Sink, config: DetectorConfig | Non
         topic=settings.decisions_topic,
         pseudonym_key=settings.pseudonym_key_bytes(),
         max_future_ms=int(settings.max_future_seconds * 1000),
+        max_past_ms=int(settings.max_past_days * DAY_MS),
     )
 
 

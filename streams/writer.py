@@ -49,7 +49,7 @@ from prometheus_client import Counter, Histogram
 from streams import __version__
 from streams.endpoints import answer_query, record_verdict, to_ipc
 from streams.metrics import CONTENT_TYPE, Metrics
-from streams.outbox import publish_outbox
+from streams.outbox import OutboxError, publish_outbox
 from streams.settings import Settings
 from streams.store import Applied, Checkpoint, PartitionCheckpoint, Store, open_store
 from streams.web_security import check_serving, guard, server_ssl_context
@@ -316,12 +316,22 @@ class Writer:
 
     # -- outputs ---------------------------------------------------------------------------------------
     async def publish_outbox(self) -> None:
-        topic = self.settings.alerts_topic
+        topic, dlq = self.settings.alerts_topic, self.settings.dlq_topic
 
         def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
             return self.producer.send(topic, value, key=key, headers=headers)
 
-        self.own.published.inc(await publish_outbox(self.store, self.db, send))
+        def dead_letter(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
+            return self.producer.send(dlq, value, key=key, headers=headers)
+
+        try:
+            done = await publish_outbox(self.store, self.db, send, dead_letter, topic)
+        except OutboxError as exc:
+            self.own.published.inc(exc.done.published)
+            self.metrics.outbox_dead_letters.inc(exc.done.dead_lettered)
+            raise
+        self.own.published.inc(done.published)
+        self.metrics.outbox_dead_letters.inc(done.dead_lettered)
 
     async def outbox_loop(self) -> None:
         while True:

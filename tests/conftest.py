@@ -15,6 +15,8 @@ from streams.settings import Settings
 # their Kafka record time (future_timestamp). Tests must not depend on the test machine's clock, so every
 # worker they start tolerates any skew; the rejection itself is tested with explicit record timestamps.
 os.environ.setdefault("GUARDSTREAM_MAX_FUTURE_SECONDS", str(100 * 365 * 86_400))
+# Likewise the past horizon (stale_timestamp): simulated events age as the calendar moves on.
+os.environ.setdefault("GUARDSTREAM_MAX_PAST_DAYS", str(100 * 365))
 
 
 @pytest.fixture(scope="session")

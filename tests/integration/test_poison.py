@@ -20,6 +20,7 @@ has several hundred messages. What each component does with the 5 MB message:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import subprocess
@@ -28,7 +29,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +281,39 @@ def invalid_messages(rng: random.Random) -> list[Injected]:
             ("output_chars", 10**30),
         ][i % 5]
         add("int_out_of_range", with_raw(ev(), field, str(number).encode()), "schema_violation", mentions=field)
+    # bounds on category names (issue 25): an empty scores map, more than 64 categories, names past 64 characters
+    many = {f"c{i}": 0.1 for i in range(65)}
+    for i in range(PER_KIND // 2):
+        field, value = [
+            ("scores", {}),
+            ("scores", many),
+            ("thresholds", dict.fromkeys(many, 0.5)),
+            ("categories", list(many)),
+            ("scores", {"S" * 65: 0.1}),
+            ("categories", ["c" * 200]),
+        ][i % 6]
+        add("category_bounds", dumps({**ev(), field: value}), "schema_violation", mentions=field)
+    # control, line-separator and bidi characters in identifiers (issue 25), raw and \u-escaped
+    forbidden = ["\n", "\x00", "\x1b", "\x7f", "\x85", "\u2028", "\u202e", "\u2066"]
+    for i in range(PER_KIND // 2):
+        char = forbidden[i % len(forbidden)]
+        field = ["event_id", "user_id", "tenant", "session_id", "model", "policy_version"][i % 6]
+        event = {**ev(), field: f"x{char}y"}
+        value = dumps(event) if rng.random() < 0.5 else json.dumps(event).encode()
+        add("control_in_identifier", value, "invalid_identifier", mentions=field)
+    for i in range(PER_KIND // 2):
+        char = forbidden[i % len(forbidden)]
+        event = ev()
+        where = ["scores", "thresholds", "categories", "guardrail", "judge"][i % 5]
+        if where == "guardrail":
+            event["guardrail"] = {"name": f"lg{char}", "version": "8b"}
+        elif where == "judge":
+            event["judge"] = {"name": f"j{char}", "verdict": "safe"}
+        elif where == "categories":
+            event["categories"] = [f"S{char}1"]
+        else:
+            event[where] = {**event[where], f"S{char}9": 0.5}
+        add("control_in_category_or_name", dumps(event), "invalid_identifier", mentions=where)
     # huge strings: a 200 KB user_id (limit 256 chars), a text field that takes the message past 1 MiB
     for _ in range(HUGE_USER_IDS):
         add("huge_user_id", dumps({**ev(), "user_id": "u" * 200_000}), "schema_violation", mentions="user_id")
@@ -353,12 +387,21 @@ async def read_all(settings: Settings, topic: str, timeout: float = 60.0) -> lis
 
 @pytest.fixture
 def worker_with_log(settings: Settings, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    with running_worker(settings, tmp_path) as worker:
+        yield worker
+
+
+@contextlib.contextmanager
+def running_worker(
+    settings: Settings, tmp_path: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """A `guardstream run` worker on the settings' topics and store (with ``env`` on top), serving /status."""
     port = free_port()
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [*GUARDSTREAM, "run", "--web-port", str(port), "--loglevel", "info"],
-            env=env_for(settings),
+            env={**env_for(settings), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -401,7 +444,7 @@ def test_poison_is_dead_lettered_exactly_once_and_never_stops_the_worker(
     messages = invalid + valid
     rng.shuffle(messages)
     kinds = Counter(m.kind for m in invalid)
-    assert len(invalid) >= 5000 and sum(1 for n in kinds.values() if n >= PER_KIND // 2) == 18, kinds
+    assert len(invalid) >= 5000 and sum(1 for n in kinds.values() if n >= PER_KIND // 2) == 21, kinds
 
     started = time.monotonic()
     coords = asyncio.run(produce_all(settings, messages))
@@ -500,3 +543,78 @@ def test_poison_is_dead_lettered_exactly_once_and_never_stops_the_worker(
     assert "exiting" not in log and "CRITICAL" not in log and "Traceback" not in log, log[-5000:]
     print(f"\n{len(invalid)} invalid + {len(valid)} valid messages, produced and committed in {processed:.1f} s")
     print("injected:", dict(sorted(kinds.items())))
+
+
+def test_event_times_are_checked_against_arrival_without_a_kafka_timestamp(settings: Settings, tmp_path: Path) -> None:
+    """Issue 25: records Kafka reports without a timestamp (-1) are checked against their arrival, a record stamped
+    ahead of the clock cannot carry a future event, and events before the past horizon are dead-lettered: each on
+    the DLQ topic, in the dead_letters table and in the metric, with its reason. The worker runs with the real
+    limits (a day ahead, here 30 days back), and the events are dated from the test's own clock."""
+    now = datetime.now(UTC)
+
+    def at(delta: timedelta) -> str:
+        return (now + delta).isoformat().replace("+00:00", "Z")
+
+    rng = random.Random(SEED)
+    old_ms = int((now - timedelta(days=60)).timestamp() * 1000)
+    ahead_ms = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    cases: list[tuple[str, str, int | None, str | None]] = [
+        # (event_id, ts, the record's timestamp: None = the producer's clock, expected code or None: stored)
+        ("t-now", at(-timedelta(hours=1)), None, None),
+        ("t-no-ts-now", at(-timedelta(hours=1)), -1, None),
+        ("t-replayed", at(-timedelta(days=60, hours=1)), old_ms, None),  # a replay keeps its record time
+        ("t-no-ts-future", at(timedelta(days=3)), -1, "future_timestamp"),
+        ("t-stamped-ahead", "2100-01-01T00:00:00Z", ahead_ms, "future_timestamp"),
+        ("t-epoch", "1970-01-01T00:00:00Z", None, "stale_timestamp"),
+        ("t-year-one", "0001-01-01T00:00:00Z", None, "stale_timestamp"),
+        ("t-no-ts-stale", at(-timedelta(days=40)), -1, "stale_timestamp"),
+    ]
+    env = {"GUARDSTREAM_MAX_FUTURE_SECONDS": "86400", "GUARDSTREAM_MAX_PAST_DAYS": "30"}
+    with running_worker(settings, tmp_path, env) as (proc, url, log_path):
+
+        async def send_all() -> dict[tuple[int, int], tuple[str, str | None]]:
+            sent: dict[tuple[int, int], tuple[str, str | None]] = {}
+            async with producer(settings) as prod:
+                for event_id, ts, record_ms, code in cases:
+                    event = {**base_event(rng, 0), "event_id": event_id, "ts": ts}
+                    topic, value = settings.decisions_topic, dumps(event)
+                    md = await (await prod.send(topic, key=b"u-t", value=value, timestamp_ms=record_ms))
+                    assert record_ms is None or md.timestamp == record_ms  # the broker keeps -1 as -1
+                    sent[(md.partition, md.offset)] = (event_id, code)
+            return sent
+
+        sent = asyncio.run(send_all())
+        ends: dict[int, int] = {}
+        for partition, offset in sent:
+            ends[partition] = max(ends.get(partition, 0), offset + 1)
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log_path.read_text(errors="replace")[-5000:]
+            parts = get_json(url + "/status")["partitions"]
+            if all(parts.get(str(p), {}).get("next_offset", 0) >= end for p, end in ends.items()):
+                break
+            assert time.monotonic() < deadline, f"not caught up: {parts} vs {ends}"
+            time.sleep(0.3)
+
+        stored = query_service(url, "SELECT event_id FROM decisions ORDER BY event_id").column("event_id").to_pylist()
+        assert stored == sorted(e for e, code in sent.values() if code is None)
+        table = query_service(
+            url, "SELECT kafka_partition, kafka_offset, reason_code, reason, event_id FROM dead_letters"
+        )
+        rows = {(r["kafka_partition"], r["kafka_offset"]): r for r in table.to_pylist()}
+        expected = {coord: (e, code) for coord, (e, code) in sent.items() if code is not None}
+        assert {c: (r["event_id"], r["reason_code"]) for c, r in rows.items()} == expected
+        for row in rows.values():
+            if row["event_id"].startswith("t-no-ts"):
+                assert "no Kafka timestamp" in row["reason"], row
+        assert "horizon" in rows[next(c for c, v in expected.items() if v[0] == "t-epoch")]["reason"]
+        metric = dead_letter_metric(url)
+        assert metric == Counter(code for _e, code in expected.values())
+
+        records = asyncio.run(read_all(settings, settings.dlq_topic))
+        on_topic = {}
+        for record in records:
+            headers = dict(record.headers)
+            coord = (int(headers["guardstream.source_partition"]), int(headers["guardstream.source_offset"]))
+            on_topic[coord] = headers["guardstream.reason_code"].decode()
+        assert on_topic == {coord: code for coord, (_e, code) in expected.items()}

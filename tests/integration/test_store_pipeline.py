@@ -213,7 +213,12 @@ def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     store = Store(tmp_path / "m.duckdb")
     rows = store.conn.execute("SELECT version, name FROM schema_migrations").fetchall()
     store.close()
-    assert sorted(rows) == [(1, "001_init"), (2, "002_verdicts"), (3, "003_decision_rows")]
+    assert sorted(rows) == [
+        (1, "001_init"),
+        (2, "002_verdicts"),
+        (3, "003_decision_rows"),
+        (4, "004_alert_dead_letters"),
+    ]
 
 
 def test_a_store_from_before_migration_003_keeps_its_decisions_and_their_dedup(
@@ -421,10 +426,91 @@ def test_an_event_dated_far_past_its_record_time_is_dead_lettered(tmp_path: Path
         Message(first.partition, 50_000_000, first.key, orjson.dumps(late), produced_ms),
         Message(first.partition, 50_000_001, first.key, orjson.dumps(soon), produced_ms),
     ]
-    prepared = p.prepare(msgs)
+    prepared = p.prepare(msgs, now_ms=produced_ms)
     assert [(d.code, d.event_id) for d in prepared.dead_letters] == [("future_timestamp", "e-future")]
     assert [a.obs.event.event_id for a in prepared.accepted] == ["e-soon"]
     p.store.close()
+
+
+def _timed(first: Message, offset: int, event_id: str, ts: str, record_ms: int) -> Message:
+    event = {**orjson.loads(first.value), "event_id": event_id, "ts": ts}  # type: ignore[arg-type]
+    return Message(first.partition, offset, first.key, orjson.dumps(event), record_ms)
+
+
+def test_a_record_without_a_kafka_timestamp_is_checked_against_its_arrival(
+    tmp_path: Path, stream: list[Message]
+) -> None:
+    """Kafka reports a record without a timestamp as -1 (0 from some clients): the event time is then checked
+    against the batch's arrival, never waved through, and the reason says why."""
+    p = pipeline(tmp_path / "no-ts.duckdb")
+    first = next(m for m in stream if m.offset < 10_000_000)
+    arrived_ms = 1_800_000_000_000  # 2027-01-15T08:00:00Z
+    msgs = [
+        _timed(first, 60_000_000, "e-no-ts-future", "2027-01-17T08:00:00Z", -1),  # two days after arrival
+        _timed(first, 60_000_001, "e-zero-ts-future", "2027-01-16T09:00:00Z", 0),  # 25 hours after
+        _timed(first, 60_000_002, "e-no-ts-ok", "2027-01-15T07:00:00Z", -1),  # an hour before: fine
+        _timed(first, 60_000_003, "e-zero-ts-ok", "2027-01-16T07:00:00Z", 0),  # 23 hours after: inside the day
+    ]
+    prepared = p.prepare(msgs, now_ms=arrived_ms)
+    assert [(d.code, d.event_id) for d in prepared.dead_letters] == [
+        ("future_timestamp", "e-no-ts-future"),
+        ("future_timestamp", "e-zero-ts-future"),
+    ]
+    assert all("no Kafka timestamp" in d.detail for d in prepared.dead_letters)
+    assert [a.obs.event.event_id for a in prepared.accepted] == ["e-no-ts-ok", "e-zero-ts-ok"]
+    p.store.close()
+
+
+def test_a_record_stamped_ahead_of_the_clock_cannot_carry_a_future_event(tmp_path: Path, stream: list[Message]) -> None:
+    """The producer sets a record's CreateTime: one stamped in 9999 with an event of 9999 is still in the future
+    of the worker's clock, and goes to the dead-letter topic."""
+    p = pipeline(tmp_path / "ahead.duckdb")
+    first = next(m for m in stream if m.offset < 10_000_000)
+    now_ms = 1_800_000_000_000
+    far = 253_370_764_800_000  # 9999-01-01
+    msgs = [
+        _timed(first, 70_000_000, "e-9999", "9999-01-01T00:00:00Z", far),
+        _timed(first, 70_000_001, "e-skewed", "2027-01-15T09:00:00Z", now_ms + 7_200_000),  # clock skew: fine
+    ]
+    prepared = p.prepare(msgs, now_ms=now_ms)
+    assert [(d.code, d.event_id) for d in prepared.dead_letters] == [("future_timestamp", "e-9999")]
+    assert "Kafka timestamp is ahead too" in prepared.dead_letters[0].detail
+    assert [a.obs.event.event_id for a in prepared.accepted] == ["e-skewed"]
+    p.store.close()
+
+
+def test_an_event_before_the_past_horizon_is_dead_lettered(tmp_path: Path, stream: list[Message]) -> None:
+    """ts before the horizon (days before its record was produced, or arrived) is stale_timestamp; a replay of
+    old records keeps their old record timestamps, so their events pass whenever the replay runs."""
+    store = Store(tmp_path / "stale.duckdb")
+    p = Pipeline(store, build_engine(), topic=TOPIC, max_past_ms=30 * 86_400_000)
+    p.assign({0, 1})
+    first = next(m for m in stream if m.offset < 10_000_000)
+    now_ms = 1_800_000_000_000  # 2027-01-15T08:00:00Z
+    old_record_ms = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+    msgs = [
+        _timed(first, 80_000_000, "e-epoch", "1970-01-01T00:00:00Z", now_ms),
+        _timed(first, 80_000_001, "e-year-one", "0001-01-01T00:00:00Z", now_ms),  # Go's zero time
+        _timed(first, 80_000_002, "e-31-days", "2026-12-15T07:59:00Z", now_ms),
+        _timed(first, 80_000_003, "e-no-ts-stale", "2026-11-01T00:00:00Z", -1),
+        _timed(first, 80_000_004, "e-29-days", "2026-12-17T08:00:00Z", now_ms),
+        _timed(first, 80_000_005, "e-replayed", "2023-11-14T22:00:00Z", old_record_ms),
+    ]
+    prepared = p.prepare(msgs, now_ms=now_ms)
+    assert [(d.code, d.event_id) for d in prepared.dead_letters] == [
+        ("stale_timestamp", "e-epoch"),
+        ("stale_timestamp", "e-year-one"),
+        ("stale_timestamp", "e-31-days"),
+        ("stale_timestamp", "e-no-ts-stale"),
+    ]
+    assert "30-day horizon" in prepared.dead_letters[0].detail
+    assert "no Kafka timestamp" in prepared.dead_letters[3].detail
+    assert [a.obs.event.event_id for a in prepared.accepted] == ["e-29-days", "e-replayed"]
+    outcome = p.commit(prepared)  # the dead letters are stored with the batch, like every rejection
+    assert len(outcome.new) == 2
+    rows = store.conn.execute("SELECT reason_code, event_id FROM dead_letters ORDER BY kafka_offset").fetchall()
+    assert rows == [("stale_timestamp", d.event_id) for d in prepared.dead_letters]
+    store.close()
 
 
 def test_a_zombie_is_fenced_and_both_owners_equal_one_clean_pass(tmp_path: Path, stream: list[Message]) -> None:

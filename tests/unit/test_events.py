@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -311,3 +313,131 @@ def test_the_decoder_never_raises_on_mutated_bytes() -> None:
         else:
             assert isinstance(result, Decision)
     assert {"invalid_json", "invalid_encoding", "schema_violation"} <= codes.keys()
+
+
+# -- bad input that got in before issue 25: bounds, identifiers, empty scores -------------------------------
+
+MANY = {f"c{i}": 0.1 for i in range(events.MAX_CATEGORIES + 1)}
+LONG = "x" * (events.MAX_CATEGORY_CHARS + 1)
+
+BOUNDED: list[tuple[str, dict[str, object], str]] = [
+    # (id, fields replaced in the example, where the reason points)
+    ("empty-scores", {"scores": {}}, "$.scores"),
+    ("65-scores", {"scores": MANY, "thresholds": {"c0": 0.5}}, "$.scores"),
+    ("65-thresholds", {"thresholds": dict.fromkeys(MANY, 0.5)}, "$.thresholds"),
+    ("65-categories", {"categories": list(MANY)}, "$.categories"),
+    ("long-category-in-scores", {"scores": {LONG: 0.1}}, "`key` in `$.scores`"),
+    ("long-category-in-thresholds", {"thresholds": {LONG: 0.5}}, "`key` in `$.thresholds`"),
+    ("long-category-in-categories", {"categories": ["S1", LONG]}, "$.categories[1]"),
+    ("empty-category-name", {"scores": {"": 0.1}}, "`key` in `$.scores`"),
+    ("long-schema", {"schema": "v" * 65}, "$.schema"),
+    ("long-guardrail-version", {"guardrail": {"name": "g", "version": "v" * 129}}, "$.guardrail.version"),
+    ("long-model", {"model": "m" * 257}, "$.model"),
+]
+
+
+@pytest.mark.parametrize(("fields", "mentions"), [b[1:] for b in BOUNDED], ids=[b[0] for b in BOUNDED])
+def test_category_names_their_number_and_every_string_are_bounded(fields: dict[str, object], mentions: str) -> None:
+    result = decode(orjson.dumps({**EXAMPLE, **fields}))
+    assert isinstance(result, Rejection), result
+    assert result.code == "schema_violation" and mentions in result.detail
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    """64 categories of 64 characters each, in scores, thresholds and categories: the largest valid event."""
+    names = [f"{i:02d}" + "c" * (events.MAX_CATEGORY_CHARS - 2) for i in range(events.MAX_CATEGORIES)]
+    event = {
+        **EXAMPLE,
+        "scores": dict.fromkeys(names, 0.1),
+        "thresholds": dict.fromkeys(names, 0.5),
+        "categories": names,
+    }
+    result = decode(orjson.dumps(event))
+    assert isinstance(result, Decision), result
+    assert len(result.scores) == events.MAX_CATEGORIES
+
+
+def test_every_string_of_the_contract_has_a_published_bound() -> None:
+    """No string, map or list in the schema is unbounded (a producer can check the limits before sending)."""
+    unbounded: list[str] = []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "string" and not {"maxLength", "format"} & node.keys():  # a date-time is bounded
+                unbounded.append(where)
+            if node.get("type") == "object" and "additionalProperties" in node and "maxProperties" not in node:
+                unbounded.append(where)
+            if node.get("type") == "array" and "maxItems" not in node:
+                unbounded.append(where)
+            for key, value in node.items():
+                walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+
+    walk(json_schema(), "$")
+    assert unbounded == [], unbounded
+
+
+# The forbidden characters, one of each kind: C0 controls (escaped in JSON), DEL (raw in JSON), C1 controls,
+# the Unicode line and paragraph separators, and the bidi embedding, override, isolate and mark characters.
+FORBIDDEN = ["\n", "\t", "\x00", "\x1b", "\x7f", "\x85", "\x9b", "\u2028", "\u2029", "\u202e", "\u2066", "\u061c"]
+FORBIDDEN += ["\u200e", "\u200f", "\u202a"]
+IDENTIFIER_FIELDS: list[tuple[str, Callable[[str], dict[str, object]], str]] = [
+    ("event_id", lambda v: {"event_id": f"e{v}1"}, "event_id"),
+    ("user_id", lambda v: {"user_id": f"u{v}1"}, "user_id"),
+    ("tenant", lambda v: {"tenant": f"acme{v}"}, "tenant"),
+    ("session_id", lambda v: {"session_id": f"s{v}"}, "session_id"),
+    ("request_id", lambda v: {"request_id": f"r{v}"}, "request_id"),
+    ("policy_version", lambda v: {"policy_version": f"2026{v}"}, "policy_version"),
+    ("model", lambda v: {"model": f"m{v}"}, "model"),
+    ("guardrail.name", lambda v: {"guardrail": {"name": f"lg{v}", "version": "8b"}}, "guardrail.name"),
+    ("guardrail.version", lambda v: {"guardrail": {"name": "lg", "version": f"8b{v}"}}, "guardrail.version"),
+    ("judge.name", lambda v: {"judge": {"name": f"j{v}", "verdict": "safe"}}, "judge.name"),
+    ("scores-key", lambda v: {"scores": {"S1": 0.4, f"S{v}9": 0.1}}, "a category name in scores"),
+    ("thresholds-key", lambda v: {"thresholds": {"S1": 0.5, f"S{v}9": 0.5}}, "a category name in thresholds"),
+    ("categories", lambda v: {"categories": [f"S{v}1"]}, "a category name in categories"),
+]
+
+
+@pytest.mark.parametrize("char", FORBIDDEN, ids=[f"U+{ord(c):04X}" for c in FORBIDDEN])
+@pytest.mark.parametrize(("make", "field"), [f[1:] for f in IDENTIFIER_FIELDS], ids=[f[0] for f in IDENTIFIER_FIELDS])
+def test_control_and_bidi_characters_in_identifiers_are_rejected(
+    char: str, make: Callable[[str], dict[str, object]], field: str
+) -> None:
+    # both spellings a producer may send: the character itself (orjson escapes only C0 and DEL stays raw) and
+    # a \uXXXX escape of it
+    for raw in (
+        orjson.dumps({**EXAMPLE, **make(char)}),
+        json.dumps({**EXAMPLE, **make(char)}).encode(),  # ensure_ascii: every non-ASCII one escaped
+    ):
+        result = decode(raw)
+        assert isinstance(result, Rejection), (field, raw)
+        assert result.code == "invalid_identifier" and result.code in REJECTION_CODES
+        assert result.detail.startswith(f"{field} contains U+{ord(char):04X}"), result.detail
+        assert "u1" not in result.detail and "acme" not in result.detail  # the value itself is never echoed
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"user_id": "Jörg-✓", "tenant": "Zürich", "model": "模型-v2"},  # letters and symbols of any script
+        {"user_id": "مستخدم\u200c۱", "session_id": "👩\u200d💻"},  # ZWNJ (Persian) and ZWJ (emoji) stay allowed
+        {"text": "line one\nline two\t\u202e\x7f"},  # text is not an identifier: anything goes (and is dropped)
+        {"user_id": 'u-"quoted"\\back'},  # escapes that are not control characters
+    ],
+    ids=["non-ascii", "joiners", "controls-in-text", "escaped-quotes"],
+)
+def test_printable_identifiers_of_any_script_are_accepted(fields: dict[str, object]) -> None:
+    result = decode(orjson.dumps({**EXAMPLE, **fields}))
+    assert isinstance(result, Decision), result
+
+
+def test_the_identifier_rule_is_published_in_the_schema() -> None:
+    """The schema's pattern and the decoder agree on every forbidden character and on the allowed joiners."""
+    properties = json_schema()["$defs"]["Decision"]["properties"]  # type: ignore[index]
+    pattern = re.compile(properties["user_id"]["pattern"])
+    assert properties["scores"]["propertyNames"]["pattern"] == pattern.pattern
+    for char in FORBIDDEN:
+        assert pattern.search(f"u{char}1") is None, repr(char)
+    assert pattern.search("u\u200d1") and pattern.search("Jörg")

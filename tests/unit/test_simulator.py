@@ -600,3 +600,18 @@ def test_scenarios_are_the_documented_ones() -> None:
     assert SCENARIOS["flooders"].extra_kinds == ("category_flooder",)
     assert SCENARIOS["hard_negatives"].sensitive_share == 0.10 and SCENARIOS["hard_negatives"].heavy_share == 0.08
     assert len({cfg.seed for cfg in SCENARIOS.values()}) == len(SCENARIOS)
+
+
+def test_the_demo_horizon_reaches_the_simulated_start_however_late_it_runs() -> None:
+    """The simulator dates its traffic from a fixed start; the demo and the bench give their workers a past horizon
+    (GUARDSTREAM_MAX_PAST_DAYS) that still reaches it years later, and never less than the default."""
+    from streams.produce import simulated_past_days
+    from streams.settings import Settings
+
+    start = SimConfig().start
+    default = Settings.model_fields["max_past_days"].default
+    assert simulated_past_days(start, now=start + timedelta(days=10)) == default
+    for years in (1, 3, 10):
+        now = start + timedelta(days=365 * years, hours=5)
+        horizon = simulated_past_days(start, now=now)
+        assert timedelta(days=horizon) > now - start + timedelta(days=1)  # a day of slack for a long run
