@@ -9,7 +9,7 @@ from detectors.base import Detector
 from detectors.boundary import BoundaryHugging, HuggingConfig
 from detectors.bypass import BypassConfig, OutputBypass
 from detectors.decomposition import DecompositionConfig, MultiTurnDecomposition
-from detectors.engine import Engine
+from detectors.engine import Engine, StateLimits
 from detectors.judge import JudgeConfig, JudgeDisagreement
 from detectors.multivariate import AnomalyModel, MultivariateAnomaly
 from detectors.probing import ProbingConfig, RetryProbing
@@ -55,9 +55,9 @@ def build_detectors(cfg: DetectorConfig) -> list[Detector]:
     return [d for d in detectors if d.name not in cfg.disabled]
 
 
-def build_engine(cfg: DetectorConfig | None = None) -> Engine:
+def build_engine(cfg: DetectorConfig | None = None, limits: StateLimits | None = None) -> Engine:
     cfg = cfg or DetectorConfig()
-    return Engine(build_detectors(cfg), band=cfg.band, alert_policy=cfg.alerts)
+    return Engine(build_detectors(cfg), band=cfg.band, alert_policy=cfg.alerts, limits=limits)
 
 
 DETECTOR_NAMES: tuple[str, ...] = tuple(name for d in build_detectors(DetectorConfig()) for name in d.emits)

@@ -418,6 +418,7 @@ def record_batch(
         m.observe_alert_change(change.change, change.alert.detector, change.alert.severity, change.alert.category)
     if outcome.duplicates:
         m.duplicates.inc(outcome.duplicates)
+    m.observe_memory(outcome.folded, outcome.loaded_users, outcome.evicted_users)
     m.batch_seconds.observe(time.perf_counter() - started)
     for phase, seconds in phases.items():
         m.batch_phase.labels(phase).observe(seconds)

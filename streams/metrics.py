@@ -28,6 +28,7 @@ OUTCOMES = ("allowed", "hugging", "blocked")
 SEVERITIES = ("warning", "critical")
 TOP_K = 20
 CHANGES = ("opened", "updated", "escalated", "resolved", "reopened")
+FOLDED_KINDS = ("category", "tenant")  # what the caps of detectors/engine.py StateLimits fold
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_PHASES = ("decode", "wait", "detect", "sink", "publish")
 CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")  # aiohttp sets the charset itself
@@ -209,8 +210,30 @@ class Metrics:
             registry=r,
         )
         self.tracked_users = Gauge(
-            "guardstream_detector_tracked_users", "Users with detector state in memory", registry=r
+            "guardstream_detector_tracked_users",
+            "Users with detector state in memory (users idle for GUARDSTREAM_IDLE_USER_SECONDS of event time leave "
+            "it; their state stays in the store)",
+            registry=r,
         )
+        self.users_evicted = PromCounter(
+            "guardstream_detector_users_evicted_total",
+            "Users whose detector state left memory after idling (stored; fetched back with their next decision)",
+            registry=r,
+        )
+        self.users_loaded = PromCounter(
+            "guardstream_detector_users_loaded_total",
+            "Users whose detector state was fetched back from the store for a batch with a decision of theirs",
+            registry=r,
+        )
+        self.state_folded = PromCounter(
+            "guardstream_detector_state_folded_total",
+            "What the detector-state caps folded: kind=category counts decision categories folded into a user's "
+            "'__other__' category (GUARDSTREAM_MAX_CATEGORIES_PER_USER / _PER_PARTITION), kind=tenant decisions whose "
+            "tenant shares the '__other__' population baselines (GUARDSTREAM_MAX_TENANTS_PER_PARTITION)",
+            ["kind"],
+            registry=r,
+        )
+        self._folded = {kind: self.state_folded.labels(kind) for kind in FOLDED_KINDS}
         from streams import __version__
 
         self.build_info.labels(__version__, self.mapping.version).set(1)
@@ -254,6 +277,15 @@ class Metrics:
         if change in ("opened", "reopened"):
             self.alerts.labels(detector, severity, measure, risk).inc()
         self.alert_changes.labels(detector, change, measure, risk).inc()
+
+    def observe_memory(self, folded: dict[str, int], loaded: int, evicted: int) -> None:
+        """One committed batch's folds, users fetched back from the store and users evicted as idle."""
+        for kind, n in folded.items():
+            self._folded[kind].inc(n)
+        if loaded:
+            self.users_loaded.inc(loaded)
+        if evicted:
+            self.users_evicted.inc(evicted)
 
     def observe_dead_letter(self, code: str) -> None:
         m = self.mapping

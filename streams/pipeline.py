@@ -30,7 +30,7 @@ from detectors.alerts import AlertChange, AlertState
 from detectors.base import Observation, layout_of
 from detectors.engine import Engine
 from detectors.events import Decision, Rejection, decode
-from streams.store import Applied, Checkpoint, PartitionCheckpoint
+from streams.store import Applied, Checkpoint, PartitionCheckpoint, UserKey
 
 log = logging.getLogger("guardstream.pipeline")
 
@@ -99,7 +99,12 @@ class Outcome:
     decision_counts: Counter[tuple[str, str, str, str | None]] = field(default_factory=Counter)
     # where this commit call's time went, over every attempt (the detectors start over after a refusal)
     detect_seconds: float = 0.0  # detectors, sweep and the batch's tables
-    sink_seconds: float = 0.0  # the sink's transaction (DuckDB, or the writer over HTTP)
+    sink_seconds: float = 0.0  # the sink: fetching users' states and the transaction (DuckDB, or the writer over HTTP)
+    # memory (detectors/engine.py StateLimits): what the caps folded in the committed attempt, by kind (category,
+    # tenant); users whose state was fetched back from the sink for it; users evicted after it as idle
+    folded: dict[str, int] = field(default_factory=dict)
+    loaded_users: int = 0
+    evicted_users: int = 0
 
 
 class Sink(Protocol):
@@ -107,6 +112,8 @@ class Sink(Protocol):
     (:class:`streams.writer.RemoteSink`). Both refuse a batch instead of committing it twice."""
 
     def checkpoint(self, topic: str, partitions: Iterable[int]) -> dict[int, PartitionCheckpoint]: ...
+
+    def user_states_for(self, keys: Mapping[int, Iterable[UserKey]]) -> dict[int, list[tuple[str, str, bytes]]]: ...
 
     def apply(self, cp: Checkpoint) -> Applied: ...
 
@@ -123,11 +130,17 @@ class Pipeline:
         pseudonym_key: bytes | None = None,
         max_future_ms: int = 86_400_000,
         max_past_ms: int | None = None,
+        idle_user_ms: int | None = None,
+        max_resident_users: int | None = None,
     ) -> None:
         """``max_future_ms`` / ``max_past_ms``: how far an event's ``ts`` may lie after / before the time its record
-        was produced (``Settings.max_future_seconds`` and ``max_past_days``; no past horizon when ``None``)."""
+        was produced (``Settings.max_future_seconds`` and ``max_past_days``; no past horizon when ``None``). After
+        each commit, users idle for ``idle_user_ms`` of event time leave memory, and the longest idle ones beyond
+        ``max_resident_users`` (None: neither)."""
         self.max_future_ms = max_future_ms
         self.max_past_ms = max_past_ms
+        self.idle_user_ms = idle_user_ms
+        self.max_resident_users = max_resident_users
         self.store = store
         self.engine = engine
         self.band = engine.band  # one band for stored columns and detectors
@@ -146,10 +159,12 @@ class Pipeline:
             self.assigned |= new
 
     def _load(self, partitions: set[int], what: str) -> None:
-        """Each partition's detector state and resume offset from the sink's checkpoint, swapped in whole."""
+        """Each partition's detector state and resume offset from the sink's checkpoint, swapped in whole. No user's
+        state: each is fetched with the first batch that has a decision of theirs (see :meth:`_fetch_users`), so
+        taking a partition over costs the same with a thousand users stored or a million."""
         for partition, cp in sorted(self.store.checkpoint(self.topic, partitions).items()):
             alerts = [_alert_state(row) for row in cp.alerts]
-            self.engine.load_partition(partition, cp.population, cp.users, alerts, cp.watermark_ms)
+            self.engine.load_partition(partition, cp.population, (), alerts, cp.watermark_ms)
             self.next_offsets[partition] = cp.next_offset
             log.info("partition %d %s: resuming after offset %d", partition, what, cp.next_offset)
 
@@ -263,6 +278,11 @@ class Pipeline:
                 return Outcome(fenced=applied.fenced, detect_seconds=spent[0], sink_seconds=spent[1])
             for partition, next_offset in prepared.offsets.items():
                 self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), next_offset)
+            # every user in memory is stored as it is now: idle ones may go
+            if self.idle_user_ms is not None:
+                outcome.evicted_users = self.engine.evict_idle(self.idle_user_ms)
+            if self.max_resident_users is not None:
+                outcome.evicted_users += self.engine.evict_over(self.max_resident_users)
             outcome.detect_seconds, outcome.sink_seconds = spent
             return outcome
 
@@ -275,6 +295,9 @@ class Pipeline:
         outcome: Outcome,
     ) -> Applied | None:
         started = perf_counter()
+        outcome.loaded_users = self._fetch_users(batch, failed)
+        fetched = perf_counter()
+        folded = dict(self.engine.folded)
         process = self.engine.process
         for item in batch:
             event = item.obs.event
@@ -293,8 +316,10 @@ class Pipeline:
                     item.message, "detector_error", f"{type(exc).__name__}: {exc}", event.event_id
                 )
         if outcome.retry:
-            outcome.detect_seconds = perf_counter() - started
+            outcome.detect_seconds = perf_counter() - fetched
+            outcome.sink_seconds = fetched - started
             return None
+        outcome.folded = {kind: n - folded[kind] for kind, n in self.engine.folded.items() if n > folded[kind]}
         daily = _daily_table(batch, outcome.category_counts)
         outcome.changes.extend(self.engine.sweep())
         dirty = self.engine.take_dirty()
@@ -317,11 +342,27 @@ class Pipeline:
             offsets=prepared.offsets,
         )
         applying = perf_counter()
-        outcome.detect_seconds = applying - started
+        outcome.detect_seconds = applying - fetched
         try:
             return self.store.apply(checkpoint)
         finally:
-            outcome.sink_seconds = perf_counter() - applying
+            outcome.sink_seconds = perf_counter() - applying + fetched - started
+
+    def _fetch_users(self, batch: list[Accepted], failed: Mapping[str, DeadLetter]) -> int:
+        """Bring the batch's users whose state is not in memory back from the sink, in one request: users evicted
+        while idle, not seen since this worker took their partition, or new (only the sink knows which). Returns
+        how many the sink had."""
+        missing = self.engine.missing_users(
+            (item.message.partition, item.obs.event.tenant, item.obs.event.user_id)
+            for item in batch
+            if item.obs.event.event_id not in failed
+        )
+        if not missing:
+            return 0
+        loaded = 0
+        for partition, users in self.store.user_states_for(missing).items():
+            loaded += self.engine.load_users(partition, users)
+        return loaded
 
     def reload(self, partitions: set[int]) -> None:
         """Back to the last committed checkpoint: the detectors' in-memory state of these partitions was

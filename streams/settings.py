@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from streams.sandbox import QueryLimits
+from detectors.engine import StateLimits
+
+_LIMITS = StateLimits()  # the caps' defaults, documented where the engine applies them
 
 
 class Settings(BaseSettings):
@@ -137,6 +140,41 @@ class Settings(BaseSettings):
         description="delete decisions, daily aggregates, published alert history, resolved alerts and dead "
         "letters older than this many days (hourly, by event time); unset keeps everything",
     )
+    # Bounded memory (issue 25, part 5): idle users leave memory; caps on what detector state keeps per user and
+    # per partition (detectors/engine.py StateLimits; docs/memory.md)
+    idle_user_seconds: float = Field(
+        86_400.0,
+        ge=0,
+        description="a user whose latest decision is this many seconds of event time behind their partition's "
+        "newest leaves the worker's memory (their state stays in the store and is fetched back with their next "
+        "decision's batch); event time, so a replay evicts the same users; 0 keeps every user in memory",
+    )
+    max_resident_users: int = Field(
+        500_000,
+        ge=0,
+        description="users whose detector state a worker keeps in memory (~6 KB each): beyond it, after a commit, "
+        "the longest idle leave memory down to 90% of it, as idle ones do (a flood of new user ids within "
+        "idle_user_seconds stays bounded); 0: no cap",
+    )
+    max_categories_per_user: int = Field(
+        _LIMITS.max_categories_per_user,
+        ge=1,
+        description="distinct categories one user's detector state keeps; a decision's others are folded into one "
+        "'__other__' category (its worst score/threshold) for the detectors, and stored as they came",
+    )
+    max_categories_per_partition: int = Field(
+        _LIMITS.max_categories_per_partition,
+        ge=1,
+        description="distinct categories a partition's detector state keeps (users and baselines); categories "
+        "first seen after that are folded into '__other__' for every user of the partition",
+    )
+    max_tenants_per_partition: int = Field(
+        _LIMITS.max_tenants_per_partition,
+        ge=1,
+        description="tenants with population baselines of their own per partition; later tenants share the "
+        "'__other__' baselines (their users, alerts and decisions keep the real tenant)",
+    )
+
     stall_seconds: float = Field(
         300.0,
         gt=0,
@@ -249,6 +287,13 @@ class Settings(BaseSettings):
         from streams.sandbox import QueryLimits  # duckdb and pyarrow load with it: not for every command
 
         return QueryLimits(timeout_seconds=self.query_timeout_seconds, max_rows=self.query_max_rows)
+
+    def state_limits(self) -> StateLimits:
+        return StateLimits(
+            max_categories_per_user=self.max_categories_per_user,
+            max_categories_per_partition=self.max_categories_per_partition,
+            max_tenants_per_partition=self.max_tenants_per_partition,
+        )
 
     def web_authorization(self) -> str | None:
         """The ``Authorization`` header value for the worker's endpoints, when basic auth is configured."""

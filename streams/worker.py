@@ -59,7 +59,7 @@ def build_pipeline(settings: Settings, store: Sink, config: DetectorConfig | Non
     config = config or detector_config(settings)
     if config.disabled:
         log.warning("detectors disabled by %s: %s", settings.detector_config, ", ".join(config.disabled))
-    engine = build_engine(msgspec.structs.replace(config, anomaly_model=model))
+    engine = build_engine(msgspec.structs.replace(config, anomaly_model=model), settings.state_limits())
     return Pipeline(
         store,
         engine,
@@ -67,6 +67,8 @@ def build_pipeline(settings: Settings, store: Sink, config: DetectorConfig | Non
         pseudonym_key=settings.pseudonym_key_bytes(),
         max_future_ms=int(settings.max_future_seconds * 1000),
         max_past_ms=int(settings.max_past_days * DAY_MS),
+        idle_user_ms=int(settings.idle_user_seconds * 1000) or None,
+        max_resident_users=settings.max_resident_users or None,
     )
 
 

@@ -6,8 +6,12 @@ and detector work and send each batch here as one checkpoint; the writer applies
 Protocol (HTTP, msgpack bodies, Arrow IPC for the tables; basic auth and TLS as for every endpoint):
 
 ``POST /v1/checkpoint`` ``{"topic", "partitions"}``
-    Each partition's resume offset and the detectors' state there. A worker calls it when the group gives it a
-    partition (and again whenever a batch is refused).
+    Each partition's resume offset and the detectors' state there (population baselines and alerts). A worker
+    calls it when the group gives it a partition (and again whenever a batch is refused).
+``POST /v1/users`` ``{"keys": [[partition, tenant, user_id], ...]}``
+    The stored states of these users, as ``[[partition, tenant, user_id, state], ...]`` (users without one left
+    out): a worker fetches the users of a batch whose state it does not hold (new, evicted while idle, or not
+    loaded since it took the partition over) before it runs the detectors on the batch, one request per batch.
 ``POST /v1/apply`` one :class:`streams.store.Checkpoint`
     Committed, or refused with nothing changed: *fenced* when a partition's stored offset is not the one the
     worker expects (another worker committed it since: after a rebalance the old owner is a zombie until it
@@ -36,7 +40,7 @@ import signal
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -51,7 +55,7 @@ from streams.endpoints import answer_query, record_verdict, to_ipc
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.outbox import OutboxError, publish_outbox
 from streams.settings import Settings
-from streams.store import Applied, Checkpoint, PartitionCheckpoint, Store, open_store
+from streams.store import Applied, Checkpoint, PartitionCheckpoint, Store, UserKey, open_store
 from streams.web_security import check_serving, guard, server_ssl_context
 
 log = logging.getLogger("guardstream.writer")
@@ -65,6 +69,10 @@ RETRY_STATUSES = {502, 503, 504}
 class CheckpointRequest(msgspec.Struct, frozen=True):
     topic: str
     partitions: list[int]
+
+
+class UsersRequest(msgspec.Struct, frozen=True):
+    keys: list[tuple[int, str, str]]  # partition, tenant, user_id
 
 
 class WireCheckpoint(msgspec.Struct, frozen=True):
@@ -83,6 +91,8 @@ class WireCheckpoint(msgspec.Struct, frozen=True):
 
 _encoder = msgspec.msgpack.Encoder()
 _checkpoint_request = msgspec.msgpack.Decoder(CheckpointRequest)
+_users_request = msgspec.msgpack.Decoder(UsersRequest)
+_user_states = msgspec.msgpack.Decoder(list[tuple[int, str, str, bytes]])
 _wire_checkpoint = msgspec.msgpack.Decoder(WireCheckpoint)
 _partitions = msgspec.msgpack.Decoder(dict[int, PartitionCheckpoint])
 _applied = msgspec.msgpack.Decoder(Applied)
@@ -206,6 +216,13 @@ class RemoteSink:
         body = _encoder.encode(CheckpointRequest(topic, sorted(partitions)))
         return _partitions.decode(self.call("/v1/checkpoint", body))
 
+    def user_states_for(self, keys: Mapping[int, Iterable[UserKey]]) -> dict[int, list[tuple[str, str, bytes]]]:
+        body = _encoder.encode(UsersRequest([(p, t, u) for p, users in sorted(keys.items()) for t, u in users]))
+        found: dict[int, list[tuple[str, str, bytes]]] = {}
+        for partition, tenant, user_id, state in _user_states.decode(self.call("/v1/users", body)):
+            found.setdefault(partition, []).append((tenant, user_id, state))
+        return found
+
     def apply(self, cp: Checkpoint) -> Applied:
         return _applied.decode(self.call("/v1/apply", encode_checkpoint(cp)))
 
@@ -257,6 +274,11 @@ class WriterMetrics:
         self.checkpoints = Counter(
             "guardstream_writer_checkpoint_loads_total", "Partition checkpoints sent to workers", registry=r
         )
+        self.user_loads = Counter(
+            "guardstream_writer_user_state_loads_total",
+            "Users' detector states sent to workers that did not hold them (returning or new users of a batch)",
+            registry=r,
+        )
         self.published = Counter(
             "guardstream_writer_alerts_published_total", "Alert changes published from the outbox", registry=r
         )
@@ -289,6 +311,19 @@ class Writer:
         self.own.checkpoints.inc(len(found))
         log.info("checkpoint of partitions %s sent to %s", asked.partitions, request.remote)
         return web.Response(body=_encoder.encode(found), content_type=MSGPACK)
+
+    async def users(self, request: web.Request) -> web.Response:
+        try:
+            asked = _users_request.decode(await request.read())
+        except msgspec.DecodeError as exc:
+            return web.Response(status=400, text=f"bad users request: {exc}")
+        keys: dict[int, list[UserKey]] = {}
+        for partition, tenant, user_id in asked.keys:
+            keys.setdefault(partition, []).append((tenant, user_id))
+        found = await self.db(self.store.user_states_for, keys)
+        rows = [(p, t, u, state) for p, users in found.items() for t, u, state in users]
+        self.own.user_loads.inc(len(rows))
+        return web.Response(body=_encoder.encode(rows), content_type=MSGPACK)
 
     async def apply(self, request: web.Request) -> web.Response:
         try:
@@ -382,15 +417,16 @@ class Writer:
 
 
 def build_web_app(writer: Writer, settings: Settings) -> web.Application:
-    """Every route (and every unknown path) behind basic auth when configured; a worker's batch may be up to
-    GUARDSTREAM_WEB_MAX_BATCH_BYTES, every other body up to GUARDSTREAM_WEB_MAX_REQUEST_BYTES."""
+    """Every route (and every unknown path) behind basic auth when configured; a worker's batch, and the list of
+    its users to fetch (up to one per event of a merged batch), may be up to GUARDSTREAM_WEB_MAX_BATCH_BYTES, every
+    other body up to GUARDSTREAM_WEB_MAX_REQUEST_BYTES."""
     batch_limit = (settings.web_max_batch_bytes, "GUARDSTREAM_WEB_MAX_BATCH_BYTES")
-    app = web.Application(
-        middlewares=[guard(settings, {"/v1/apply": batch_limit})], client_max_size=settings.web_max_request_bytes
-    )
+    limits = {"/v1/apply": batch_limit, "/v1/users": batch_limit}
+    app = web.Application(middlewares=[guard(settings, limits)], client_max_size=settings.web_max_request_bytes)
     app.add_routes(
         [
             web.post("/v1/checkpoint", writer.checkpoint),
+            web.post("/v1/users", writer.users),
             web.post("/v1/apply", writer.apply),
             web.get("/metrics", writer.metrics_page),
             web.get("/status", writer.status),

@@ -13,7 +13,8 @@ def restart(engine: Engine, fresh: Engine) -> Engine:
         assert fresh.encode_user(fresh.decode_user(blob)) == blob
     populations = dict(dirty.populations)
     for partition, state in engine.partitions.items():
-        assert fresh.encode_population(fresh.decode_population(populations[partition])) == populations[partition]
+        population, categories = fresh.decode_partition_population(populations[partition])
+        assert fresh.encode_population(population, categories) == populations[partition]
         fresh.load_partition(
             partition,
             populations[partition],
