@@ -961,7 +961,7 @@ FROM a
 """
 
 _CHANGES_SQL = """
-INSERT INTO alert_changes
+INSERT INTO alert_changes BY NAME
 SELECT alert_id || ':' || c AS change_id, alert_id,
        ['opened', 'updated', 'escalated', 'resolved'][c + 1] AS change,
        ts + to_microseconds(c * 43200000000) AS ts, tenant, user_id, detector, category, status, severity, score,
