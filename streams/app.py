@@ -116,6 +116,8 @@ class Service:
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardstream-db")
         self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=8)
         self.heap = Heap(enabled=settings.gc_freeze, reclaim_seconds=settings.gc_reclaim_seconds)
+        self.raw_user_ids = pipeline.pseudonym_key is None  # started with --allow-raw-user-ids
+        metrics.privacy_raw_ids.set(int(self.raw_user_ids))
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_thread, functools.partial(fn, *args))
@@ -382,6 +384,7 @@ class Service:
             "detectors": [d.name for d in self.pipeline.engine.detectors],  # those the detector config enables
             "last_commit_at": self.last_commit_at,
             "top_huggers": self.top_huggers,  # pseudonymous ids; the metric has rank slots only
+            "raw_user_ids": self.raw_user_ids,  # true: --allow-raw-user-ids, ids above and in the store are raw
         }
 
 

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-from streams.settings import Settings
+from streams.settings import PrivacySettingsError, Settings
 
 app = typer.Typer(
     help="guardstream: streaming abuse monitoring for LLM guardrail decisions.",
@@ -28,12 +28,21 @@ console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/bold red] {message}")
+    # soft_wrap: one line however long (the terminal wraps it), so scripts and tests can match it whole
+    console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
     return typer.Exit(code)
 
 
 Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap HOST:PORT (env GUARDSTREAM_BOOTSTRAP)")]
 DbPath = Annotated[Path | None, typer.Option(help="DuckDB file (env GUARDSTREAM_DB)")]
+AllowRawUserIds = Annotated[
+    bool,
+    typer.Option(
+        "--allow-raw-user-ids",
+        help="start without GUARDSTREAM_PSEUDONYM_KEY and store, publish and show raw user ids, on purpose "
+        "(the log, /status and guardstream_privacy_raw_ids say so; env GUARDSTREAM_ALLOW_RAW_USER_IDS)",
+    ),
+]
 
 
 class Format(StrEnum):
@@ -85,8 +94,11 @@ def run(
         typer.Option(help="commit to `guardstream writer` at this URL instead of --db (env GUARDSTREAM_WRITER_URL)"),
     ] = None,
     loglevel: Annotated[str, typer.Option(help="log level: debug, info, warning, error")] = "warning",
+    allow_raw_user_ids: AllowRawUserIds = False,
 ) -> None:
     """Run the pipeline: consume decisions, detect, persist to DuckDB, publish alerts, serve metrics.
+
+    Needs GUARDSTREAM_PSEUDONYM_KEY (at least 32 random bytes) unless started with --allow-raw-user-ids.
 
     With --writer, several workers share one store: each takes a share of the partitions and commits its
     batches to the writer process, which owns the DuckDB file."""
@@ -101,10 +113,11 @@ def run(
         decisions_topic=decisions_topic,
         anomaly_model=anomaly_model,
         writer_url=writer,
+        allow_raw_user_ids=allow_raw_user_ids or None,
     )
     try:
         run_worker(settings, loglevel=loglevel)
-    except (StoreLocked, BrokerError) as exc:
+    except (StoreLocked, BrokerError, PrivacySettingsError) as exc:
         raise fail(str(exc)) from exc
     except (ValueError, OSError) as exc:
         if settings.anomaly_model is not None and str(settings.anomaly_model) in str(exc):
@@ -119,9 +132,12 @@ def writer_command(
     host: Annotated[str | None, typer.Option(help="interface to listen on (env GUARDSTREAM_WEB_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port; 0 picks a free one (env GUARDSTREAM_WEB_PORT)")] = None,
     loglevel: Annotated[str, typer.Option(help="log level: debug, info, warning, error")] = "warning",
+    allow_raw_user_ids: AllowRawUserIds = False,
 ) -> None:
     """Own the DuckDB file for several workers (`guardstream run --writer URL`): apply their batches, serve
-    /query, /verdict, /status and /metrics, publish alerts and apply retention."""
+    /query, /verdict, /forget, /status and /metrics, publish alerts and apply retention.
+
+    Needs GUARDSTREAM_PSEUDONYM_KEY, as the workers do, unless started with --allow-raw-user-ids."""
     import logging
 
     from streams.broker import BrokerError
@@ -129,10 +145,12 @@ def writer_command(
     from streams.writer import run_writer
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings().with_overrides(bootstrap=bootstrap, db=db, web_host=host, web_port=port)
+    settings = Settings().with_overrides(
+        bootstrap=bootstrap, db=db, web_host=host, web_port=port, allow_raw_user_ids=allow_raw_user_ids or None
+    )
     try:
         run_writer(settings)
-    except (StoreLocked, BrokerError) as exc:
+    except (StoreLocked, BrokerError, PrivacySettingsError) as exc:
         raise fail(str(exc)) from exc
 
 
@@ -395,6 +413,7 @@ def rebuild(
     idle_seconds: Annotated[
         float, typer.Option(min=0.5, help="stop once the topic has had nothing new for this long")
     ] = 5.0,
+    allow_raw_user_ids: AllowRawUserIds = False,
 ) -> None:
     """Recompute a store from the decisions topic (from offset 0, while Kafka retains it).
 
@@ -403,7 +422,11 @@ def rebuild(
     from streams.rebuild import RebuildError, RebuildResult
     from streams.rebuild import rebuild as run_rebuild
 
-    settings = Settings().with_overrides(bootstrap=bootstrap, db=db)
+    settings = Settings().with_overrides(bootstrap=bootstrap, db=db, allow_raw_user_ids=allow_raw_user_ids or None)
+    try:
+        settings.checked_pseudonym_key()  # rebuild checks it too; here the error comes before the progress bar
+    except PrivacySettingsError as exc:
+        raise fail(str(exc)) from exc
     with Progress(
         TextColumn("rebuilding {task.description}"),
         TextColumn("{task.completed:,} messages"),
@@ -458,8 +481,18 @@ def demo(
         json_out.write_text(json.dumps(payload, indent=2))
     out.print(
         f"\nthe store is in [bold]{db}[/bold]; try: guardstream sql --db {db} "
-        '"SELECT detector, severity, count(*) FROM alerts GROUP BY ALL"'
+        '"SELECT detector, severity, count(*) FROM alerts GROUP BY ALL"',
+        highlight=False,
     )
+    if result.flagged_user is not None:
+        # user ids in the store are pseudonyms under the key the demo made (beside the store): --raw maps with it
+        out.print(f"  guardstream investigate {result.flagged_user} --db {db}", highlight=False, soft_wrap=True)
+        out.print(
+            f'  GUARDSTREAM_PSEUDONYM_KEY="$(cat {result.key_file})" '
+            f"guardstream investigate {result.flagged_raw_user} --raw --db {db}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

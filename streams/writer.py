@@ -267,9 +267,12 @@ class Writer:
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardstream-writer-db")
         self.outbox_wake = asyncio.Event()
         self.started_at = time.time()
-        self.counts = {"committed": 0, "fenced": 0, "duplicates": 0, "decisions": 0, "checkpoints": 0}
+        self.counts = {"committed": 0, "fenced": 0, "duplicates": 0, "decisions": 0, "checkpoints": 0, "erasures": 0}
         self.last_commit_at: float | None = None
         self.producer: Any = None
+        # the writer pseudonymizes nothing itself; with no key it was started with --allow-raw-user-ids (run_writer)
+        self.raw_user_ids = settings.pseudonym_key_bytes() is None
+        metrics.privacy_raw_ids.set(int(self.raw_user_ids))
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_thread, functools.partial(fn, *args))
@@ -355,6 +358,7 @@ class Writer:
             "counts": self.counts,
             "started_at": self.started_at,
             "last_commit_at": self.last_commit_at,
+            "raw_user_ids": self.raw_user_ids,
         }
         return web.json_response(body)
 
@@ -433,8 +437,9 @@ async def serve(settings: Settings, store: Store, announce: Callable[[str], None
 def run_writer(settings: Settings) -> None:
     """Blocks until SIGINT/SIGTERM: own the DuckDB file and apply the workers' batches."""
     from streams.broker import free_port
-    from streams.worker import service_file
+    from streams.worker import service_file, warn_if_raw_user_ids
 
+    warn_if_raw_user_ids(settings)  # a missing or weak pseudonym key stops it here, before the store or Kafka
     if settings.web_port == 0:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
     store = open_store(settings)
