@@ -35,8 +35,9 @@ from streams.heap import Heap
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.outbox import publish_outbox
 from streams.pipeline import DeadLetter, Message, Outcome, Pipeline
+from streams.privacy import dead_letter_copy, redact_detail
 from streams.settings import Settings
-from streams.store import Store
+from streams.store import Erasure, Store
 
 log = logging.getLogger("guardstream.app")
 T = TypeVar("T")
@@ -324,15 +325,20 @@ class Service:
             if where in published:
                 continue
             published.add(where)
-            key, value = letter.message.key, letter.message.value or b""
+            original = letter.message.value or b""
+            # no prompt text and (with a pseudonym key) no raw user id leave in the copy: streams/privacy.py
+            key, copy, redacted = dead_letter_copy(letter.message.key, original, self.pipeline.pseudonym_key)
+            value = copy or b""
+            reason = redact_detail(letter.detail, original, self.pipeline.pseudonym_key)
             headers = [
                 ("guardstream.reason_code", letter.code.encode()),
-                ("guardstream.reason", letter.detail[:1000].encode("utf-8", "replace")),
+                ("guardstream.reason", reason[:1000].encode("utf-8", "replace")),
                 ("guardstream.source_topic", self.settings.decisions_topic.encode()),
                 ("guardstream.source_partition", str(letter.message.partition).encode()),
                 ("guardstream.source_offset", str(letter.message.offset).encode()),
-                ("guardstream.original_size", str(len(value)).encode()),
+                ("guardstream.original_size", str(len(original)).encode()),
                 ("guardstream.rejected_at", now),
+                *redacted,
             ]
             if len(value) > DLQ_MAX_VALUE_BYTES:
                 value = value[:DLQ_MAX_VALUE_BYTES]

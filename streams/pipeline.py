@@ -29,6 +29,7 @@ from detectors.alerts import AlertChange, AlertState
 from detectors.base import Observation, layout_of
 from detectors.engine import Engine
 from detectors.events import Decision, Rejection, decode
+from streams.privacy import redact_detail
 from streams.store import Applied, Checkpoint, PartitionCheckpoint
 
 log = logging.getLogger("guardstream.pipeline")
@@ -277,7 +278,9 @@ class Pipeline:
             expected={p: self.next_offsets.get(p, 0) for p in touched},
             alerts=_alerts_table(dirty.alerts),
             alert_changes=_changes_table(outcome.changes),
-            dead_letters=_dead_letters_table(self.topic, prepared.dead_letters + outcome.dead_letters),
+            dead_letters=_dead_letters_table(
+                self.topic, prepared.dead_letters + outcome.dead_letters, self.pseudonym_key
+            ),
             users=dirty.users,
             populations=[(p, blob, watermarks.get(p, 0)) for p, blob in dirty.populations],
             offsets=prepared.offsets,
@@ -601,7 +604,9 @@ def _changes_table(changes: list[AlertChange]) -> pa.Table | None:
     )
 
 
-def _dead_letters_table(topic: str, letters: list[DeadLetter]) -> pa.Table | None:
+def _dead_letters_table(topic: str, letters: list[DeadLetter], pseudonym_key: bytes | None = None) -> pa.Table | None:
+    """The batch's ``dead_letters`` rows: where each rejected message was and why, never its bytes; the reason is
+    scrubbed of the event's raw user id and text, should a check have quoted them (streams/privacy.py)."""
     if not letters:
         return None
     now = datetime.now(UTC)
@@ -611,7 +616,7 @@ def _dead_letters_table(topic: str, letters: list[DeadLetter]) -> pa.Table | Non
             "kafka_partition": pa.array([d.message.partition for d in letters], pa.int32()),
             "kafka_offset": pa.array([d.message.offset for d in letters], pa.int64()),
             "reason_code": [d.code for d in letters],
-            "reason": [d.detail[:2000] for d in letters],
+            "reason": [redact_detail(d.detail, d.message.value, pseudonym_key)[:2000] for d in letters],
             "size_bytes": pa.array([len(d.message.value or b"") for d in letters], pa.int64()),
             "event_id": pa.array([d.event_id for d in letters], pa.string()),
             "ingested_at": pa.array([now] * len(letters), pa.timestamp("us", tz="UTC")),
