@@ -30,7 +30,7 @@ from faust.web import Request, Response, View
 from detectors.judge import JudgeDisagreement, disagreement_rates
 from streams import __version__
 from streams.delivery import ack_messages, deliver_batches, deliver_without_race, set_fetch_max_wait
-from streams.endpoints import AUTH_CHALLENGE, TEXT, answer_query, authorized, record_verdict
+from streams.endpoints import AUTH_CHALLENGE, TEXT, answer_query, authorized, forget_user, record_verdict
 from streams.heap import Heap
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.outbox import publish_outbox
@@ -257,6 +257,10 @@ class Service:
         c["dead_letters"] += len(rejected) + len(outcome.dead_letters)
         c["alert_changes"] += len(outcome.changes)
         self.update_lag()
+
+    def pipeline_forget(self, user_id: str, tenant: str | None, erasure: Erasure) -> int:
+        """The in-memory half of an erasure, on the DB thread under the lock (see ForgetView)."""
+        return self.pipeline.forget(user_id, tenant, erasure.epochs)
 
     def refresh_gauges(self, now: float) -> None:
         """Gauges that walk the whole in-memory state (users, alerts, populations): on every alert change,
@@ -586,7 +590,7 @@ def create_app(settings: Settings, service: Service, datadir: str) -> faust.App:
         """A worker that commits to a writer process has no store to answer from: say where it is."""
         if service.store is not None:
             return None
-        text = f"this worker commits to the writer at {settings.writer_url}: send queries and verdicts there"
+        text = f"this worker commits to the writer at {settings.writer_url}: send queries, verdicts and erasures there"
         return view.bytes(text.encode(), status=409, content_type="text/plain")
 
     @app.page("/verdict")
@@ -599,6 +603,24 @@ def create_app(settings: Settings, service: Service, datadir: str) -> faust.App:
             assert service.store is not None
             status, body, kind = await record_verdict(service.store, service.db, service.metrics, await request.read())
             return self.bytes(body, status=status, content_type=kind)
+
+    @app.page("/forget")
+    class ForgetView(Guarded):
+        """Erase one user (``guardstream forget``) while this process holds the store: from the store and from the
+        detectors' memory, between two batches (the service lock), so no later batch writes the user back."""
+
+        async def post(self, request: Request) -> Response:
+            if (refused := no_store(self)) is not None:
+                return refused
+            assert service.store is not None
+            body = await request.read()
+            async with service.lock:
+                status, reply, kind = await forget_user(service.store, service.db, body, service.pipeline_forget)
+                if status == 200:
+                    service.refresh_gauges(time.time())  # /status top_huggers and the open-alert gauges without it
+            if status == 200:
+                log.warning("forget: a user was erased on request: %s", reply.decode())
+            return self.bytes(reply, status=status, content_type=kind)
 
     @app.page("/query")
     class QueryView(Guarded):

@@ -11,6 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import msgspec
 import orjson
 import typer
 from rich.console import Console
@@ -644,6 +645,84 @@ def verdict(
         finally:
             store.close()
     console.print(f"recorded {value} on alert {alert_id} ({detector})")
+
+
+@app.command()
+def forget(
+    user: Annotated[str, typer.Argument(help="user id as stored (a pseudonym when a key is set), or raw with --raw")],
+    raw: Annotated[bool, typer.Option(help="USER is a raw id: pseudonymize it with GUARDSTREAM_PSEUDONYM_KEY")] = False,
+    tenant: Annotated[str | None, typer.Option(help="erase the user in this tenant only (default: every tenant)")] = (
+        None
+    ),
+    db: DbPath = None,
+    url: Annotated[
+        str | None, typer.Option(help="the running worker or writer that holds the store, instead of finding it")
+    ] = None,
+) -> None:
+    """Erase one user everywhere in the store, for an erasure request: decisions, daily aggregates, alerts, alert
+    changes (unpublished ones too), verdicts on those alerts and detector state, and the user's state in the memory
+    of the running pipeline. Prints the rows erased per table; running it again erases nothing more.
+
+    Works while the pipeline runs (through it, or the writer) and when it does not (on the file). Kafka topics keep
+    the raw events until their retention, and `guardstream rebuild` from them would bring the user back."""
+    import urllib.error
+
+    from streams.query import open_service, service_request
+    from streams.store import Erasure, StoreLocked, open_store
+    from streams.worker import running_service
+
+    settings = Settings().with_overrides(db=db)
+    user_id = _resolve_user(user, raw, settings)
+    service = running_service(settings.db) if url is None else None
+    target = url or (service["url"] if service else None)
+    if target is not None:
+        body = orjson.dumps({"user_id": user_id, "tenant": tenant})
+        request = service_request(target.rstrip("/") + "/forget", body, {"Content-Type": "application/json"})
+        try:
+            with open_service(request, 300) as response:
+                erasure = msgspec.json.decode(response.read(), type=Erasure)
+        except urllib.error.HTTPError as exc:
+            raise fail(f"{target} refused: {exc.code} {exc.read().decode('utf-8', 'replace')}") from exc
+        except urllib.error.URLError as exc:
+            raise fail(f"cannot reach the pipeline at {target}: {exc.reason}") from exc
+        where = target
+    else:
+        if not settings.db.exists():
+            raise fail(f"no database at {settings.db}: pass --db (or --url of the running pipeline or writer)")
+        try:
+            store = open_store(settings)
+        except StoreLocked as exc:
+            raise fail(str(exc)) from exc
+        try:
+            erasure = store.forget(user_id, tenant)
+        finally:
+            store.close()
+        where = str(settings.db)
+    for table, rows in erasure.deleted.items():
+        sys.stdout.write(f"{table}\t{rows}\n")
+    total = sum(erasure.deleted.values())
+    shown = f"{user} (pseudonym {user_id})" if raw else user
+    scope = f" in tenant {tenant}" if tenant else ""
+    if not total and not erasure.in_memory:
+        console.print(
+            f"nothing stored for user {shown}{scope} in {where}: erased already, or never seen",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    notes = []
+    if erasure.unpublished:
+        notes.append(f"{erasure.unpublished} alert changes not yet published are withdrawn")
+    if erasure.in_memory:
+        notes.append("dropped from the running worker's memory")
+    elif erasure.epochs:
+        notes.append("a worker still holding the user in memory reloads those partitions before it commits there")
+    console.print(
+        f"erased user {shown}{scope} from {where}: {total:,} rows; partitions {sorted(erasure.epochs) or '-'}"
+        + "".join(f"; {n}" for n in notes),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 dashboards_app = typer.Typer(help="Grafana dashboards (built from dashboards/build.py).", no_args_is_help=True)

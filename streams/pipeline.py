@@ -130,6 +130,7 @@ class Pipeline:
         self.topic = topic
         self.pseudonym_key = pseudonym_key
         self.next_offsets: dict[int, int] = {}
+        self.epochs: dict[int, int] = {}  # each partition's erasure epoch as loaded (see Store.forget)
         self.assigned: set[int] = set()
         self._layouts = Layouts()
 
@@ -147,13 +148,23 @@ class Pipeline:
             alerts = [_alert_state(row) for row in cp.alerts]
             self.engine.load_partition(partition, cp.population, cp.users, alerts, cp.watermark_ms)
             self.next_offsets[partition] = cp.next_offset
+            self.epochs[partition] = cp.epoch
             log.info("partition %d %s: resuming after offset %d", partition, what, cp.next_offset)
 
     def revoke(self, partitions: set[int]) -> None:
         for partition in partitions & self.assigned:
             self.engine.drop_partition(partition)
             self.next_offsets.pop(partition, None)
+            self.epochs.pop(partition, None)
             self.assigned.discard(partition)
+
+    def forget(self, user_id: str, tenant: str | None, epochs: Mapping[int, int]) -> int:
+        """Drop a user the store has just erased (``Store.forget``, by this process: it holds the store) from the
+        detectors' memory, and take the partitions' new epochs so the next batch there is not refused for it.
+        Between batches only. Returns the users dropped from memory."""
+        dropped = self.engine.forget_user(user_id, tenant)
+        self.epochs.update((p, e) for p, e in epochs.items() if p in self.assigned)
+        return dropped
 
     # -- the batch -------------------------------------------------------------------------------------
     def prepare(self, messages: list[Message]) -> Prepared:
@@ -223,13 +234,20 @@ class Pipeline:
                 continue
             if applied.fenced:
                 log.warning(
-                    "partitions %s were committed by another worker since this one loaded them: reloading",
+                    "partitions %s were committed by another worker, or had a user erased (guardstream forget), "
+                    "since this one loaded them: reloading",
                     ", ".join(f"{p} (stored offset {o})" for p, o in sorted(applied.fenced.items())),
                 )
                 self.reload(touched)
                 return Outcome(fenced=applied.fenced, detect_seconds=spent[0], sink_seconds=spent[1])
             for partition, next_offset in prepared.offsets.items():
                 self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), next_offset)
+            # A user erased in a partition this batch did not touch: reload it now (its state here equals the
+            # store's, less the erased user) instead of holding the user until the next batch there.
+            erased = {p for p in self.assigned - touched if applied.epochs.get(p, 0) != self.epochs.get(p, 0)}
+            if erased:
+                log.warning("a user was erased in partitions %s: reloading them", sorted(erased))
+                self.reload(erased)
             outcome.detect_seconds, outcome.sink_seconds = spent
             return outcome
 
@@ -284,6 +302,7 @@ class Pipeline:
             users=dirty.users,
             populations=[(p, blob, watermarks.get(p, 0)) for p, blob in dirty.populations],
             offsets=prepared.offsets,
+            epochs={p: self.epochs.get(p, 0) for p in touched},
         )
         applying = perf_counter()
         outcome.detect_seconds = applying - started

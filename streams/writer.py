@@ -15,8 +15,11 @@ Protocol (HTTP, msgpack bodies, Arrow IPC for the tables; basic auth and TLS as 
     way the worker reloads the partitions and starts the batch over, so no event is counted twice and none is
     lost, whatever the group membership says at that moment.
 
-The writer also serves ``/query``, ``/verdict``, ``/status`` and ``/metrics`` (it is what ``guardstream sql``
-and ``investigate`` talk to), publishes the alert outbox to the alerts topic and applies retention.
+The writer also serves ``/query``, ``/verdict``, ``/forget``, ``/status`` and ``/metrics`` (it is what
+``guardstream sql``, ``investigate`` and ``forget`` talk to), publishes the alert outbox to the alerts topic and
+applies retention. An erasure (``/forget``) moves the epoch of the user's partitions (``partition_epochs``): a
+worker's batch carries the epochs it loaded and is refused as *fenced* when one moved, so the worker reloads the
+partition without the user instead of writing it back from memory.
 
 A worker that cannot reach the writer keeps retrying the same request (and exits with code 71 after
 ``GUARDSTREAM_STALL_SECONDS``); a request that reached the writer whose answer was lost is refused as fenced
@@ -47,7 +50,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from streams import __version__
-from streams.endpoints import AUTH_CHALLENGE, answer_query, authorized, record_verdict, to_ipc
+from streams.endpoints import AUTH_CHALLENGE, answer_query, authorized, forget_user, record_verdict, to_ipc
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.outbox import publish_outbox
 from streams.settings import Settings
@@ -78,6 +81,7 @@ class WireCheckpoint(msgspec.Struct, frozen=True):
     alerts: bytes | None = None
     alert_changes: bytes | None = None
     dead_letters: bytes | None = None
+    epochs: dict[int, int] | None = None  # the worker's erasure epoch of each partition (None: an older worker)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -109,6 +113,7 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
             alerts=optional_ipc(cp.alerts),
             alert_changes=optional_ipc(cp.alert_changes),
             dead_letters=optional_ipc(cp.dead_letters),
+            epochs=cp.epochs,
         )
     )
 
@@ -127,6 +132,7 @@ def decode_checkpoint(body: bytes) -> Checkpoint:
         users=wire.users,  # msgspec decodes the typed tuples
         populations=wire.populations,
         offsets=wire.offsets,
+        epochs=wire.epochs,
     )
 
 
@@ -370,6 +376,16 @@ class Writer:
         status, body, kind = await record_verdict(self.store, self.db, self.metrics, await request.read())
         return web.Response(status=status, body=body, content_type=kind)
 
+    async def forget(self, request: web.Request) -> web.Response:
+        """Erase one user from the store. The workers hold users in memory: the erasure moves the epochs of the
+        user's partitions, so each worker's next batch there is refused (fenced) and it reloads them without the
+        user; a worker that commits elsewhere first reloads them after that commit (``Applied.epochs``)."""
+        status, body, kind = await forget_user(self.store, self.db, await request.read())
+        if status == 200:
+            self.counts["erasures"] += 1
+            log.warning("forget: a user was erased on request: %s", body.decode())
+        return web.Response(status=status, body=body, content_type=kind)
+
 
 def build_web_app(writer: Writer, settings: Settings) -> web.Application:
     authorization = settings.web_authorization()
@@ -389,6 +405,7 @@ def build_web_app(writer: Writer, settings: Settings) -> web.Application:
             web.get("/status", writer.status),
             web.post("/query", writer.query),
             web.post("/verdict", writer.verdict),
+            web.post("/forget", writer.forget),
         ]
     )
     return app

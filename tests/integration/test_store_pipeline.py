@@ -212,7 +212,7 @@ def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     store = Store(tmp_path / "m.duckdb")
     rows = store.conn.execute("SELECT version, name FROM schema_migrations").fetchall()
     store.close()
-    assert sorted(rows) == [(1, "001_init"), (2, "002_verdicts"), (3, "003_decision_rows")]
+    assert sorted(rows) == [(1, "001_init"), (2, "002_verdicts"), (3, "003_decision_rows"), (4, "004_erasure")]
 
 
 def test_a_store_from_before_migration_003_keeps_its_decisions_and_their_dedup(
