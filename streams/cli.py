@@ -667,6 +667,8 @@ def forget(
     the raw events until their retention, and `guardstream rebuild` from them would bring the user back."""
     import urllib.error
 
+    from rich.markup import escape
+
     from streams.query import open_service, service_request
     from streams.store import Erasure, StoreLocked, open_store
     from streams.worker import running_service
@@ -682,7 +684,7 @@ def forget(
             with open_service(request, 300) as response:
                 erasure = msgspec.json.decode(response.read(), type=Erasure)
         except urllib.error.HTTPError as exc:
-            raise fail(f"{target} refused: {exc.code} {exc.read().decode('utf-8', 'replace')}") from exc
+            raise fail(escape(f"{target} refused: {exc.code} {exc.read().decode('utf-8', 'replace')}")) from exc
         except urllib.error.URLError as exc:
             raise fail(f"cannot reach the pipeline at {target}: {exc.reason}") from exc
         where = target
@@ -706,6 +708,7 @@ def forget(
     if not total and not erasure.in_memory:
         console.print(
             f"nothing stored for user {shown}{scope} in {where}: erased already, or never seen",
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )
@@ -720,6 +723,7 @@ def forget(
     console.print(
         f"erased user {shown}{scope} from {where}: {total:,} rows; partitions {sorted(erasure.epochs) or '-'}"
         + "".join(f"; {n}" for n in notes),
+        markup=False,
         highlight=False,
         soft_wrap=True,
     )

@@ -162,6 +162,22 @@ def test_every_deployed_worker_and_writer_takes_the_key_from_a_secret() -> None:
         placeholder.checked_pseudonym_key()
 
 
+def test_the_demo_makes_one_random_key_beside_its_store_and_keeps_it(tmp_path: Path) -> None:
+    from streams.demo import demo_key_file, demo_pseudonym_key
+
+    db = tmp_path / "demo.duckdb"
+    key = demo_pseudonym_key(db)
+    path = demo_key_file(db)
+    assert path.parent == tmp_path and path.stat().st_mode & 0o777 == 0o600
+    assert Settings(_env_file=None, pseudonym_key=key).checked_pseudonym_key() == key.encode()  # type: ignore[call-arg,arg-type]
+    assert demo_pseudonym_key(db) == key, "reused: a kept store's pseudonyms stay valid"
+    path.chmod(0o644)
+    path.write_text("short\n")
+    fresh = demo_pseudonym_key(db)
+    assert fresh != key and path.stat().st_mode & 0o777 == 0o600 and path.read_text().strip() == fresh
+    assert demo_pseudonym_key(tmp_path / "other.duckdb") != fresh, "random, not derived"
+
+
 def test_the_flag_and_a_key_together_are_refused(tmp_path: Path) -> None:
     env = no_key_env(tmp_path, GUARDSTREAM_PSEUDONYM_KEY=TEST_PSEUDONYM_KEY.decode())
     result = cli(env, "run", "--allow-raw-user-ids")
