@@ -2,8 +2,8 @@
 
 A dead letter exists so that someone can see why an event was refused and fix the producer, not to export
 prompts or raw user ids. So the copy of an event whose value parses as a JSON object drops ``text`` and carries
-the pseudonym of ``user_id`` (re-serialized as JSON; header ``guardstream.redacted`` names the fields), and its record
-key, which producers set to the raw user id, becomes the pseudonym of the key (header
+the pseudonym of ``user_id`` (re-serialized as JSON; header ``guardstream.redacted`` names the fields), and its
+record key, which producers set to the raw user id, becomes the pseudonym of the key (header
 ``guardstream.key_pseudonymized``), the same pseudonym the store holds for that user. Only bytes that do not parse
 (not JSON, not UTF-8, or over the decoder's size limit, which is never parsed) travel as they came. With
 ``--allow-raw-user-ids`` (no pseudonym key) ids stay raw but ``text`` is still dropped: prompt text is never

@@ -66,6 +66,10 @@ def counts_on(conn: Any, user: str) -> dict[str, int]:
     return {t: int(conn.execute(q.replace("$u", "?"), [user]).fetchone()[0]) for t, q in USER_TABLES.items()}
 
 
+def table_totals(conn: Any) -> dict[str, int]:
+    return {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in USER_TABLES}
+
+
 def file_counts(db: Path, user: str) -> dict[str, int]:
     conn = open_read_only(db)
     try:
@@ -169,7 +173,8 @@ def test_the_demo_makes_one_random_key_beside_its_store_and_keeps_it(tmp_path: P
     key = demo_pseudonym_key(db)
     path = demo_key_file(db)
     assert path.parent == tmp_path and path.stat().st_mode & 0o777 == 0o600
-    assert Settings(_env_file=None, pseudonym_key=key).checked_pseudonym_key() == key.encode()  # type: ignore[call-arg,arg-type]
+    demo_settings = Settings(_env_file=None, pseudonym_key=key)  # type: ignore[call-arg,arg-type]
+    assert demo_settings.checked_pseudonym_key() == key.encode()
     assert demo_pseudonym_key(db) == key, "reused: a kept store's pseudonyms stay valid"
     path.chmod(0o644)
     path.write_text("short\n")
@@ -430,7 +435,7 @@ def test_forget_on_the_file_erases_every_table_once(tmp_path: Path) -> None:
     store.record_verdict(alert_id, "confirmed", "analyst", "a note")
     before = counts_on(store.conn, user)
     assert all(before.values()), before
-    totals = {t: int(store.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in USER_TABLES}  # type: ignore[index]
+    totals = table_totals(store.conn)
     store.close()
 
     env = {**os.environ, "GUARDSTREAM_DB": str(db)}
@@ -442,7 +447,7 @@ def test_forget_on_the_file_erases_every_table_once(tmp_path: Path) -> None:
     try:
         assert rows_of(counts_on(conn, user)) == 0
         assert conn.execute("SELECT count(*) FROM verdicts WHERE alert_id = ?", [alert_id]).fetchone() == (0,)
-        after = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in USER_TABLES}  # type: ignore[index]
+        after = table_totals(conn)
         assert conn.execute("SELECT count(*) FROM alert_changes WHERE NOT published").fetchone() != (0,)
     finally:
         conn.close()
