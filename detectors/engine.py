@@ -311,6 +311,28 @@ class Engine:
             del self.partitions[partition].users[key]
         return len(oldest)
 
+    def forget_user(self, user_id: str, tenant: str | None = None) -> int:
+        """Drop a user (in every tenant unless ``tenant``) from every partition: detector state, alerts and what
+        is marked to be written, so no later checkpoint writes them back (an erasure request, after the store
+        erased them). The population baselines keep what the user's decisions added: aggregates, not per-user
+        data. Call it between batches; returns the users dropped."""
+        dropped = 0
+        for state in self.partitions.values():
+            for key in [k for k in state.users if k[1] == user_id and (tenant is None or k[0] == tenant)]:
+                del state.users[key]
+                state.dirty_users.discard(key)
+                self._user_partition.pop(key, None)
+                dropped += 1
+            book = state.book
+            for alert_id in [
+                a.alert_id
+                for a in book.alerts.values()
+                if a.user_id == user_id and (tenant is None or a.tenant == tenant)
+            ]:
+                del book.alerts[alert_id]
+                book.dirty.discard(alert_id)
+        return dropped
+
     # -- the stream ----------------------------------------------------------------------------------
     def observe(self, event: Decision, ts_ms: int) -> Observation:
         return observe(event, ts_ms, self.band, self.hot_floor)

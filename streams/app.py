@@ -30,13 +30,14 @@ from faust.web import Request, Response, View
 from detectors.judge import JudgeDisagreement, disagreement_rates
 from streams import __version__
 from streams.delivery import ack_messages, deliver_batches, deliver_without_race, set_fetch_max_wait
-from streams.endpoints import AUTH_CHALLENGE, TEXT, answer_query, authorized, record_verdict
+from streams.endpoints import AUTH_CHALLENGE, TEXT, answer_query, authorized, forget_user, record_verdict
 from streams.heap import Heap
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.outbox import OutboxError, publish_outbox
 from streams.pipeline import DeadLetter, Message, Outcome, Pipeline
+from streams.privacy import dead_letter_copy, redact_detail
 from streams.settings import Settings
-from streams.store import Store
+from streams.store import Erasure, Store
 from streams.web_security import guard, server_ssl_context
 
 log = logging.getLogger("guardstream.app")
@@ -119,6 +120,8 @@ class Service:
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardstream-db")
         self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=8)
         self.heap = Heap(enabled=settings.gc_freeze, reclaim_seconds=settings.gc_reclaim_seconds)
+        self.raw_user_ids = pipeline.pseudonym_key is None  # started with --allow-raw-user-ids
+        metrics.privacy_raw_ids.set(int(self.raw_user_ids))
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_thread, functools.partial(fn, *args))
@@ -259,6 +262,10 @@ class Service:
         c["alert_changes"] += len(outcome.changes)
         self.update_lag()
 
+    def pipeline_forget(self, user_id: str, tenant: str | None, erasure: Erasure) -> int:
+        """The in-memory half of an erasure, on the DB thread under the lock (see ForgetView)."""
+        return self.pipeline.forget(user_id, tenant, erasure.epochs)
+
     def refresh_gauges(self, now: float) -> None:
         """Gauges that walk the whole in-memory state (users, alerts, populations): on every alert change,
         otherwise at most once per GAUGE_REFRESH_SECONDS, so their cost does not grow with commits/s."""
@@ -326,15 +333,20 @@ class Service:
             if where in published:
                 continue
             published.add(where)
-            key, value = letter.message.key, letter.message.value or b""
+            original = letter.message.value or b""
+            # no prompt text and (with a pseudonym key) no raw user id leave in the copy: streams/privacy.py
+            key, copy, redacted = dead_letter_copy(letter.message.key, original, self.pipeline.pseudonym_key)
+            value = copy or b""
+            reason = redact_detail(letter.detail, original, self.pipeline.pseudonym_key)
             headers = [
                 ("guardstream.reason_code", letter.code.encode()),
-                ("guardstream.reason", letter.detail[:1000].encode("utf-8", "replace")),
+                ("guardstream.reason", reason[:1000].encode("utf-8", "replace")),
                 ("guardstream.source_topic", self.settings.decisions_topic.encode()),
                 ("guardstream.source_partition", str(letter.message.partition).encode()),
                 ("guardstream.source_offset", str(letter.message.offset).encode()),
-                ("guardstream.original_size", str(len(value)).encode()),
+                ("guardstream.original_size", str(len(original)).encode()),
                 ("guardstream.rejected_at", now),
+                *redacted,
             ]
             if len(value) > DLQ_MAX_VALUE_BYTES:
                 value = value[:DLQ_MAX_VALUE_BYTES]
@@ -396,6 +408,7 @@ class Service:
             "detectors": [d.name for d in self.pipeline.engine.detectors],  # those the detector config enables
             "last_commit_at": self.last_commit_at,
             "top_huggers": self.top_huggers,  # pseudonymous ids; the metric has rank slots only
+            "raw_user_ids": self.raw_user_ids,  # true: --allow-raw-user-ids, ids above and in the store are raw
         }
 
 
@@ -606,7 +619,7 @@ def create_app(settings: Settings, service: Service, datadir: str) -> faust.App:
         """A worker that commits to a writer process has no store to answer from: say where it is."""
         if service.store is not None:
             return None
-        text = f"this worker commits to the writer at {settings.writer_url}: send queries and verdicts there"
+        text = f"this worker commits to the writer at {settings.writer_url}: send queries, verdicts and erasures there"
         return view.bytes(text.encode(), status=409, content_type="text/plain")
 
     @app.page("/verdict")
@@ -619,6 +632,24 @@ def create_app(settings: Settings, service: Service, datadir: str) -> faust.App:
             assert service.store is not None
             status, body, kind = await record_verdict(service.store, service.db, service.metrics, await request.read())
             return self.bytes(body, status=status, content_type=kind)
+
+    @app.page("/forget")
+    class ForgetView(Guarded):
+        """Erase one user (``guardstream forget``) while this process holds the store: from the store and from the
+        detectors' memory, between two batches (the service lock), so no later batch writes the user back."""
+
+        async def post(self, request: Request) -> Response:
+            if (refused := no_store(self)) is not None:
+                return refused
+            assert service.store is not None
+            body = await request.read()
+            async with service.lock:
+                status, reply, kind = await forget_user(service.store, service.db, body, service.pipeline_forget)
+                if status == 200:
+                    service.refresh_gauges(time.time())  # /status top_huggers and the open-alert gauges without it
+            if status == 200:
+                log.warning("forget: a user was erased on request: %s", reply.decode())
+            return self.bytes(reply, status=status, content_type=kind)
 
     @app.page("/query")
     class QueryView(Guarded):

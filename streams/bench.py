@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import statistics
@@ -281,6 +282,8 @@ class _Run:
     run_id: str
     console: Console
     model_args: list[str] = field(default_factory=list)
+    # every pipeline of the run pseudonymizes with one throwaway key, as a deployment must (the data is simulated)
+    pseudonym_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     broker_pid: int | None = None  # the embedded broker's, for its CPU in the latency phase
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
@@ -472,8 +475,10 @@ class PipelineGroup:
             "GUARDSTREAM_DLQ_TOPIC": run.name(f"{label}-dlq"),
             "GUARDSTREAM_CONSUMER_GROUP": run.name(f"{label}-group"),
             "GUARDSTREAM_TOPIC_PARTITIONS": str(run.settings.topic_partitions),
+            "GUARDSTREAM_PSEUDONYM_KEY": run.pseudonym_key,
         }
         env.setdefault("GUARDSTREAM_MAX_PAST_DAYS", str(simulated_past_days(SimConfig().start)))
+        env.pop("GUARDSTREAM_ALLOW_RAW_USER_IDS", None)
         if not detectors:
             env["GUARDSTREAM_DETECTOR_CONFIG"] = str(_no_detectors_config(run.workdir))
         cli = [sys.executable, "-m", "streams.cli"]

@@ -18,6 +18,7 @@ between the worker's two threads, so its events/s is an upper bound on what the 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from pydantic import SecretStr
 
 from streams.settings import Settings
 
@@ -187,7 +189,12 @@ def run_pass(
     from streams.store import Store
     from streams.worker import build_pipeline
 
-    settings = Settings().with_overrides(anomaly_model=model, decisions_topic="bench.commit")
+    settings = Settings().with_overrides(  # a throwaway pseudonym key, as the worker must have one
+        anomaly_model=model,
+        decisions_topic="bench.commit",
+        pseudonym_key=SecretStr(secrets.token_urlsafe(32)),
+        allow_raw_user_ids=False,
+    )
     name = f"commit-{batch}-{int(instrument)}{'' if detectors else '-floor'}.duckdb"
     store = Store(workdir / name, checkpoint_threshold="256MB")
     pipeline = build_pipeline(settings, store)  # the worker's detector config, model and pseudonym key

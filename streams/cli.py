@@ -11,12 +11,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import msgspec
 import orjson
 import typer
 from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-from streams.settings import Settings
+from streams.settings import PrivacySettingsError, Settings
 
 app = typer.Typer(
     help="guardstream: streaming abuse monitoring for LLM guardrail decisions.",
@@ -37,6 +38,14 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap HOST:PORT (env GUARDSTREAM_BOOTSTRAP)")]
 DbPath = Annotated[Path | None, typer.Option(help="DuckDB file (env GUARDSTREAM_DB)")]
+AllowRawUserIds = Annotated[
+    bool,
+    typer.Option(
+        "--allow-raw-user-ids",
+        help="start without GUARDSTREAM_PSEUDONYM_KEY and store, publish and show raw user ids, on purpose "
+        "(the log, /status and guardstream_privacy_raw_ids say so; env GUARDSTREAM_ALLOW_RAW_USER_IDS)",
+    ),
+]
 
 
 class Format(StrEnum):
@@ -88,8 +97,11 @@ def run(
         typer.Option(help="commit to `guardstream writer` at this URL instead of --db (env GUARDSTREAM_WRITER_URL)"),
     ] = None,
     loglevel: Annotated[str, typer.Option(help="log level: debug, info, warning, error")] = "warning",
+    allow_raw_user_ids: AllowRawUserIds = False,
 ) -> None:
     """Run the pipeline: consume decisions, detect, persist to DuckDB, publish alerts, serve metrics.
+
+    Needs GUARDSTREAM_PSEUDONYM_KEY (at least 32 random bytes) unless started with --allow-raw-user-ids.
 
     With --writer, several workers share one store: each takes a share of the partitions and commits its
     batches to the writer process, which owns the DuckDB file."""
@@ -105,10 +117,11 @@ def run(
         decisions_topic=decisions_topic,
         anomaly_model=anomaly_model,
         writer_url=writer,
+        allow_raw_user_ids=allow_raw_user_ids or None,
     )
     try:
         run_worker(settings, loglevel=loglevel)
-    except (StoreLocked, BrokerError, ServingRefused) as exc:
+    except (StoreLocked, BrokerError, ServingRefused, PrivacySettingsError) as exc:
         raise fail(str(exc)) from exc
     except (ValueError, OSError) as exc:
         if settings.anomaly_model is not None and str(settings.anomaly_model) in str(exc):
@@ -123,9 +136,12 @@ def writer_command(
     host: Annotated[str | None, typer.Option(help="interface to listen on (env GUARDSTREAM_WEB_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port; 0 picks a free one (env GUARDSTREAM_WEB_PORT)")] = None,
     loglevel: Annotated[str, typer.Option(help="log level: debug, info, warning, error")] = "warning",
+    allow_raw_user_ids: AllowRawUserIds = False,
 ) -> None:
     """Own the DuckDB file for several workers (`guardstream run --writer URL`): apply their batches, serve
-    /query, /verdict, /status and /metrics, publish alerts and apply retention."""
+    /query, /verdict, /forget, /status and /metrics, publish alerts and apply retention.
+
+    Needs GUARDSTREAM_PSEUDONYM_KEY, as the workers do, unless started with --allow-raw-user-ids."""
     import logging
 
     from streams.broker import BrokerError
@@ -134,10 +150,12 @@ def writer_command(
     from streams.writer import run_writer
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings().with_overrides(bootstrap=bootstrap, db=db, web_host=host, web_port=port)
+    settings = Settings().with_overrides(
+        bootstrap=bootstrap, db=db, web_host=host, web_port=port, allow_raw_user_ids=allow_raw_user_ids or None
+    )
     try:
         run_writer(settings)
-    except (StoreLocked, BrokerError, ServingRefused) as exc:
+    except (StoreLocked, BrokerError, ServingRefused, PrivacySettingsError) as exc:
         raise fail(str(exc)) from exc
 
 
@@ -411,6 +429,7 @@ def rebuild(
     idle_seconds: Annotated[
         float, typer.Option(min=0.5, help="stop once the topic has had nothing new for this long")
     ] = 5.0,
+    allow_raw_user_ids: AllowRawUserIds = False,
 ) -> None:
     """Recompute a store from the decisions topic (from offset 0, while Kafka retains it).
 
@@ -419,7 +438,11 @@ def rebuild(
     from streams.rebuild import RebuildError, RebuildResult
     from streams.rebuild import rebuild as run_rebuild
 
-    settings = Settings().with_overrides(bootstrap=bootstrap, db=db)
+    settings = Settings().with_overrides(bootstrap=bootstrap, db=db, allow_raw_user_ids=allow_raw_user_ids or None)
+    try:
+        settings.checked_pseudonym_key()  # rebuild checks it too; here the error comes before the progress bar
+    except PrivacySettingsError as exc:
+        raise fail(str(exc)) from exc
     with Progress(
         TextColumn("rebuilding {task.description}"),
         TextColumn("{task.completed:,} messages"),
@@ -474,8 +497,18 @@ def demo(
         json_out.write_text(json.dumps(payload, indent=2))
     out.print(
         f"\nthe store is in [bold]{db}[/bold]; try: guardstream sql --db {db} "
-        '"SELECT detector, severity, count(*) FROM alerts GROUP BY ALL"'
+        '"SELECT detector, severity, count(*) FROM alerts GROUP BY ALL"',
+        highlight=False,
     )
+    if result.flagged_user is not None:
+        # user ids in the store are pseudonyms under the key the demo made (beside the store): --raw maps with it
+        out.print(f"  guardstream investigate {result.flagged_user} --db {db}", highlight=False, soft_wrap=True)
+        out.print(
+            f'  GUARDSTREAM_PSEUDONYM_KEY="$(cat {result.key_file})" '
+            f"guardstream investigate {result.flagged_raw_user} --raw --db {db}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
@@ -634,6 +667,87 @@ def verdict(
         finally:
             store.close()
     console.print(f"recorded {value} on alert {alert_id} ({detector})")
+
+
+@app.command()
+def forget(
+    user: Annotated[str, typer.Argument(help="user id as stored (a pseudonym when a key is set), or raw with --raw")],
+    raw: Annotated[bool, typer.Option(help="USER is a raw id: pseudonymize it with GUARDSTREAM_PSEUDONYM_KEY")] = False,
+    tenant: Annotated[str | None, typer.Option(help="erase the user in this tenant only (default: every tenant)")] = (
+        None
+    ),
+    db: DbPath = None,
+    url: Annotated[
+        str | None, typer.Option(help="the running worker or writer that holds the store, instead of finding it")
+    ] = None,
+) -> None:
+    """Erase one user everywhere in the store, for an erasure request: decisions, daily aggregates, alerts, alert
+    changes (unpublished ones too), verdicts on those alerts and detector state, and the user's state in the memory
+    of the running pipeline. Prints the rows erased per table; running it again erases nothing more.
+
+    Works while the pipeline runs (through it, or the writer) and when it does not (on the file). Kafka topics keep
+    the raw events until their retention, and `guardstream rebuild` from them would bring the user back."""
+    import urllib.error
+
+    from streams.query import open_service, service_request
+    from streams.sandbox import StoreLocked
+    from streams.store import Erasure, open_store
+    from streams.worker import running_service
+
+    settings = Settings().with_overrides(db=db)
+    user_id = _resolve_user(user, raw, settings)
+    service = running_service(settings.db) if url is None else None
+    target = url or (service["url"] if service else None)
+    if target is not None:
+        body = orjson.dumps({"user_id": user_id, "tenant": tenant})
+        request = service_request(target.rstrip("/") + "/forget", body, {"Content-Type": "application/json"})
+        try:
+            with open_service(request, 300) as response:
+                erasure = msgspec.json.decode(response.read(), type=Erasure)
+        except urllib.error.HTTPError as exc:
+            raise fail(f"{target} refused: {exc.code} {exc.read().decode('utf-8', 'replace')}") from exc
+        except urllib.error.URLError as exc:
+            raise fail(f"cannot reach the pipeline at {target}: {exc.reason}") from exc
+        where = target
+    else:
+        if not settings.db.exists():
+            raise fail(f"no database at {settings.db}: pass --db (or --url of the running pipeline or writer)")
+        try:
+            store = open_store(settings)
+        except StoreLocked as exc:
+            raise fail(str(exc)) from exc
+        try:
+            erasure = store.forget(user_id, tenant)
+        finally:
+            store.close()
+        where = str(settings.db)
+    for table, rows in erasure.deleted.items():
+        sys.stdout.write(f"{table}\t{rows}\n")
+    total = sum(erasure.deleted.values())
+    shown = f"{user} (pseudonym {user_id})" if raw else user
+    scope = f" in tenant {tenant}" if tenant else ""
+    if not total and not erasure.in_memory:
+        console.print(
+            f"nothing stored for user {shown}{scope} in {where}: erased already, or never seen",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    notes = []
+    if erasure.unpublished:
+        notes.append(f"{erasure.unpublished} alert changes not yet published are withdrawn")
+    if erasure.in_memory:
+        notes.append("dropped from the running worker's memory")
+    elif erasure.epochs:
+        notes.append("a worker still holding the user in memory reloads those partitions before it commits there")
+    console.print(
+        f"erased user {shown}{scope} from {where}: {total:,} rows; partitions {sorted(erasure.epochs) or '-'}"
+        + "".join(f"; {n}" for n in notes),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 dashboards_app = typer.Typer(help="Grafana dashboards (built from dashboards/build.py).", no_args_is_help=True)

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,11 +29,33 @@ from streams.broker import EmbeddedBroker, ensure_topics, free_port
 from streams.evaluate import Opened, print_results, score, train_model
 from streams.produce import bad_events, produce, simulated_past_days
 from streams.query import query_service
-from streams.settings import Settings
+from streams.settings import Settings, pseudonym_key_problem
 from streams.simulator import SimConfig, labels_to_rows, simulate
 from streams.train import save
 
-DEMO_PSEUDONYM_KEY = "guardstream-demo-key"  # the demo shows pseudonymization on; real deployments set their own
+
+def demo_key_file(db: Path) -> Path:
+    """Where the demo keeps its pseudonym key: beside its store, so `investigate --raw` can use it afterwards."""
+    return db.with_name(db.name + ".pseudonym-key")
+
+
+def demo_pseudonym_key(db: Path) -> str:
+    """The demo's pseudonym key: random, made once, kept beside the store (mode 0600) and reused, so the ids in a
+    kept store stay the same pseudonyms. The pipeline refuses to run without one, as in production."""
+    path = demo_key_file(db)
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    if pseudonym_key_problem(key.encode()) is None:
+        return key
+    key = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    os.chmod(path, 0o600)  # also when it existed with a wider mode
+    return key
 
 
 class DemoError(RuntimeError):
@@ -50,6 +73,9 @@ class DemoResult:
     seconds: float
     events_per_second: float
     db: Path
+    key_file: Path  # the pseudonym key the demo's pipeline used (investigate --raw needs it)
+    flagged_raw_user: str | None = None  # a flagged user's raw id, for the printed hints
+    flagged_user: str | None = None  # ... and its pseudonym, as stored
 
 
 def _get_json(url: str, timeout: float = 2.0) -> dict[str, Any]:
@@ -95,12 +121,14 @@ def run_demo(
     web_port = free_port()
     url = f"http://127.0.0.1:{web_port}"
     settings = Settings(bootstrap=broker.bootstrap, db=db, web_port=web_port, topic_partitions=partitions)
+    demo_key = demo_pseudonym_key(db)
     env = {
         **os.environ,
-        "GUARDSTREAM_PSEUDONYM_KEY": DEMO_PSEUDONYM_KEY,
+        "GUARDSTREAM_PSEUDONYM_KEY": demo_key,
         "GUARDSTREAM_TOPIC_PARTITIONS": str(partitions),
     }
     env.setdefault("GUARDSTREAM_MAX_PAST_DAYS", str(simulated_past_days(SimConfig().start)))
+    env.pop("GUARDSTREAM_ALLOW_RAW_USER_IDS", None)  # the demo shows pseudonyms, whatever the shell has set
     worker: subprocess.Popen[bytes] | None = None
     try:
         console.print(f"[bold]embedded broker[/bold] tansu on {broker.bootstrap}")
@@ -184,9 +212,11 @@ def run_demo(
                 "(SELECT count(*) FROM alerts) AS alerts",
             )
         )[0]
-        key = DEMO_PSEUDONYM_KEY.encode()
+        key = demo_key.encode()
         labels = [dataclasses.replace(label, user_id=pseudonymize(label.user_id, key)) for label in sim.labels]
         result = score(labels, opened, "demo", len(sim.events), seconds)
+        raw_of = {label.user_id: raw.user_id for label, raw in zip(labels, sim.labels, strict=True)}
+        flagged = next((r["user_id"] for r in alerts_rows if r["user_id"] in raw_of), None)
         _print_report(console, alerts_rows, counts, len(broken), total, seconds)
         print_results([result], console, title="Planted attackers vs what the pipeline flagged")
         return DemoResult(
@@ -199,6 +229,9 @@ def run_demo(
             seconds=seconds,
             events_per_second=total / seconds,
             db=db,
+            key_file=demo_key_file(db),
+            flagged_raw_user=raw_of.get(flagged) if flagged else None,
+            flagged_user=flagged,
         )
     finally:
         if worker is not None and worker.poll() is None:

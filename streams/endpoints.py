@@ -7,14 +7,16 @@ import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 import pyarrow as pa
 
+from detectors.events import pseudonymize
 from streams.metrics import Metrics
 from streams.sandbox import QueryParams, QueryRefused
-from streams.store import Store
+from streams.store import Erasure, Store
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 TEXT = "text/plain"
@@ -93,3 +95,33 @@ async def record_verdict(store: Store, db: OnStoreThread, metrics: Metrics, body
         return 400, str(exc).encode(), TEXT
     metrics.observe_verdicts(await db(store.verdict_counts))
     return 200, orjson.dumps({"alert_id": alert_id, "verdict": verdict, "detector": detector}), JSON
+
+
+class ForgetRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /forget``: the user id as stored (the pseudonym; ``guardstream forget --raw`` maps a raw one), in
+    every tenant unless ``tenant`` names one."""
+
+    user_id: Annotated[str, msgspec.Meta(min_length=1)]
+    tenant: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+
+
+_forget_request = msgspec.json.Decoder(ForgetRequest)
+InMemory = Callable[[str, str | None, Erasure], int]  # drops the erased user from a running worker's memory
+
+
+async def forget_user(store: Store, db: OnStoreThread, body: bytes, in_memory: InMemory | None = None) -> Reply:
+    """``POST /forget``: erase one user from the store (``Store.forget``) and, in a worker that holds the store,
+    from its detectors' memory, in the same call on the store's thread. Answers what was erased, as JSON."""
+    try:
+        request = _forget_request.decode(body)
+    except msgspec.DecodeError as exc:
+        return 400, f"bad forget request: {exc}".encode(), TEXT
+
+    def erase() -> Erasure:
+        erasure = store.forget(request.user_id, request.tenant)
+        if in_memory is not None:
+            erasure = msgspec.structs.replace(erasure, in_memory=in_memory(request.user_id, request.tenant, erasure))
+        pseudonymize.cache_clear()  # raw id -> pseudonym pairs remembered for decoding: the erased one among them
+        return erasure
+
+    return 200, msgspec.json.encode(await db(erase)), JSON

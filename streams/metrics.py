@@ -234,6 +234,14 @@ class Metrics:
             registry=r,
         )
         self._folded = {kind: self.state_folded.labels(kind) for kind in FOLDED_KINDS}
+        self.privacy_raw_ids = Gauge(
+            "guardstream_privacy_raw_ids",
+            "1 when this process was started with --allow-raw-user-ids: it stores, publishes and serves user ids "
+            "without pseudonyms; 0 when they are pseudonymized with GUARDSTREAM_PSEUDONYM_KEY (alert "
+            "GuardstreamRawUserIds)",
+            registry=r,
+        )
+        self.privacy_raw_ids.set(0)
         from streams import __version__
 
         self.build_info.labels(__version__, self.mapping.version).set(1)

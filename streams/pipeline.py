@@ -30,6 +30,7 @@ from detectors.alerts import AlertChange, AlertState
 from detectors.base import Observation, layout_of
 from detectors.engine import Engine
 from detectors.events import Decision, Rejection, decode
+from streams.privacy import redact_detail
 from streams.store import Applied, Checkpoint, PartitionCheckpoint, UserKey
 
 log = logging.getLogger("guardstream.pipeline")
@@ -147,6 +148,7 @@ class Pipeline:
         self.topic = topic
         self.pseudonym_key = pseudonym_key
         self.next_offsets: dict[int, int] = {}
+        self.epochs: dict[int, int] = {}  # each partition's erasure epoch as loaded (see Store.forget)
         self.assigned: set[int] = set()
         self._layouts = Layouts()
 
@@ -166,13 +168,23 @@ class Pipeline:
             alerts = [_alert_state(row) for row in cp.alerts]
             self.engine.load_partition(partition, cp.population, (), alerts, cp.watermark_ms)
             self.next_offsets[partition] = cp.next_offset
+            self.epochs[partition] = cp.epoch
             log.info("partition %d %s: resuming after offset %d", partition, what, cp.next_offset)
 
     def revoke(self, partitions: set[int]) -> None:
         for partition in partitions & self.assigned:
             self.engine.drop_partition(partition)
             self.next_offsets.pop(partition, None)
+            self.epochs.pop(partition, None)
             self.assigned.discard(partition)
+
+    def forget(self, user_id: str, tenant: str | None, epochs: Mapping[int, int]) -> int:
+        """Drop a user the store has just erased (``Store.forget``, by this process: it holds the store) from the
+        detectors' memory, and take the partitions' new epochs so the next batch there is not refused for it.
+        Between batches only. Returns the users dropped from memory."""
+        dropped = self.engine.forget_user(user_id, tenant)
+        self.epochs.update((p, e) for p, e in epochs.items() if p in self.assigned)
+        return dropped
 
     # -- the batch -------------------------------------------------------------------------------------
     def prepare(self, messages: list[Message], now_ms: int | None = None) -> Prepared:
@@ -271,7 +283,8 @@ class Pipeline:
                 continue
             if applied.fenced:
                 log.warning(
-                    "partitions %s were committed by another worker since this one loaded them: reloading",
+                    "partitions %s were committed by another worker, or had a user erased (guardstream forget), "
+                    "since this one loaded them: reloading",
                     ", ".join(f"{p} (stored offset {o})" for p, o in sorted(applied.fenced.items())),
                 )
                 self.reload(touched)
@@ -283,6 +296,12 @@ class Pipeline:
                 outcome.evicted_users = self.engine.evict_idle(self.idle_user_ms)
             if self.max_resident_users is not None:
                 outcome.evicted_users += self.engine.evict_over(self.max_resident_users)
+            # A user erased in a partition this batch did not touch: reload it now (its state here equals the
+            # store's, less the erased user) instead of holding the user until the next batch there.
+            erased = {p for p in self.assigned - touched if applied.epochs.get(p, 0) != self.epochs.get(p, 0)}
+            if erased:
+                log.warning("a user was erased in partitions %s: reloading them", sorted(erased))
+                self.reload(erased)
             outcome.detect_seconds, outcome.sink_seconds = spent
             return outcome
 
@@ -336,10 +355,13 @@ class Pipeline:
             expected={p: self.next_offsets.get(p, 0) for p in touched},
             alerts=_alerts_table(dirty.alerts),
             alert_changes=_changes_table(outcome.changes),
-            dead_letters=_dead_letters_table(self.topic, prepared.dead_letters + outcome.dead_letters),
+            dead_letters=_dead_letters_table(
+                self.topic, prepared.dead_letters + outcome.dead_letters, self.pseudonym_key
+            ),
             users=dirty.users,
             populations=[(p, blob, watermarks.get(p, 0)) for p, blob in dirty.populations],
             offsets=prepared.offsets,
+            epochs={p: self.epochs.get(p, 0) for p in touched},
         )
         applying = perf_counter()
         outcome.detect_seconds = applying - fetched
@@ -676,7 +698,9 @@ def _changes_table(changes: list[AlertChange]) -> pa.Table | None:
     )
 
 
-def _dead_letters_table(topic: str, letters: list[DeadLetter]) -> pa.Table | None:
+def _dead_letters_table(topic: str, letters: list[DeadLetter], pseudonym_key: bytes | None = None) -> pa.Table | None:
+    """The batch's ``dead_letters`` rows: where each rejected message was and why, never its bytes; the reason is
+    scrubbed of the event's raw user id and text, should a check have quoted them (streams/privacy.py)."""
     if not letters:
         return None
     now = datetime.now(UTC)
@@ -686,7 +710,7 @@ def _dead_letters_table(topic: str, letters: list[DeadLetter]) -> pa.Table | Non
             "kafka_partition": pa.array([d.message.partition for d in letters], pa.int32()),
             "kafka_offset": pa.array([d.message.offset for d in letters], pa.int64()),
             "reason_code": [d.code for d in letters],
-            "reason": [d.detail[:2000] for d in letters],
+            "reason": [redact_detail(d.detail, d.message.value, pseudonym_key)[:2000] for d in letters],
             "size_bytes": pa.array([len(d.message.value or b"") for d in letters], pa.int64()),
             "event_id": pa.array([d.event_id for d in letters], pa.string()),
             "ingested_at": pa.array([now] * len(letters), pa.timestamp("us", tz="UTC")),

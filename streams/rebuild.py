@@ -20,9 +20,9 @@ from streams.broker import client_kwargs
 from streams.detector_config import DetectorConfigError
 from streams.heap import Heap
 from streams.pipeline import DeadLetter, Message, Pipeline
-from streams.settings import Settings
+from streams.settings import PrivacySettingsError, Settings
 from streams.store import Store, open_store
-from streams.worker import build_pipeline, detector_config
+from streams.worker import build_pipeline, detector_config, warn_if_raw_user_ids
 
 
 class RebuildError(RuntimeError):
@@ -59,6 +59,10 @@ async def rebuild(
     batch_size: int | None = None,
     progress: Callable[[RebuildResult], None] | None = None,
 ) -> RebuildResult:
+    try:  # the store it writes is pseudonymized like the workers' (or raw on purpose: --allow-raw-user-ids)
+        warn_if_raw_user_ids(settings)
+    except PrivacySettingsError as exc:
+        raise RebuildError(str(exc)) from exc
     if settings.db.exists():
         raise RebuildError(
             f"{settings.db} exists: rebuild writes a new store. Move it away (or pass --db NEW.duckdb) first."

@@ -17,6 +17,33 @@ from detectors.engine import StateLimits
 
 _LIMITS = StateLimits()  # the caps' defaults, documented where the engine applies them
 
+MIN_PSEUDONYM_KEY_BYTES = 32  # HMAC-SHA256 wants a key as long as its output; shorter ones are guessable sooner
+# Values copied from examples instead of generated: deploy/kubernetes/secret.example.yaml's placeholder (a test keeps
+# the two in step), the demo's former fixed key, and the usual stand-ins. A key containing one of the words is refused.
+PLACEHOLDER_PSEUDONYM_KEYS = ("replace-with-openssl-rand-hex-32", "guardstream-demo-key")
+PLACEHOLDER_WORDS = ("replace", "changeme", "change-me", "change_me", "placeholder", "example", "your-key", "yourkey")
+MIN_DISTINCT_KEY_CHARACTERS = 10  # `openssl rand -hex 32` shows all 16 hex digits; "aaaa..." or "abab..." is no secret
+
+
+class PrivacySettingsError(ValueError):
+    """The settings would store raw user ids without saying so (see :meth:`Settings.checked_pseudonym_key`)."""
+
+
+def pseudonym_key_problem(key: bytes | None) -> str | None:
+    """What is wrong with a pseudonym key, in words (None: it will do)."""
+    if key is None:
+        return "is not set"
+    if not key.strip():
+        return "is empty"
+    lowered = key.decode("utf-8", "replace").strip().lower()
+    if lowered in PLACEHOLDER_PSEUDONYM_KEYS or any(word in lowered for word in PLACEHOLDER_WORDS):
+        return "is a placeholder from an example, not a secret"
+    if len(key) < MIN_PSEUDONYM_KEY_BYTES:
+        return f"is {len(key)} bytes long, shorter than {MIN_PSEUDONYM_KEY_BYTES}"
+    if len(set(key)) < MIN_DISTINCT_KEY_CHARACTERS:
+        return f"has only {len(set(key))} distinct characters, so it is not a random secret"
+    return None
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GUARDSTREAM_", env_file=".env", extra="ignore", frozen=True)
@@ -130,10 +157,6 @@ class Settings(BaseSettings):
     anomaly_model: Path | None = Field(
         None, description="model file from `guardstream train`; without one the multivariate detector only counts"
     )
-    pseudonym_key: SecretStr | None = Field(
-        None, description="if set, user ids are replaced by HMAC-SHA256(key, user_id) before anything is stored"
-    )
-
     retention_days: float | None = Field(
         None,
         gt=0,
@@ -180,6 +203,20 @@ class Settings(BaseSettings):
         gt=0,
         description="liveness: exit with code 71 when messages wait and nothing committed for this long "
         "(an agent that died or a store that hangs must not idle silently; alert GuardstreamNoCommits)",
+    )
+
+    # Privacy (issue 25, part 3: pseudonyms that cannot switch off by accident)
+    pseudonym_key: SecretStr | None = Field(
+        None,
+        description="required by run, writer and rebuild: user ids are replaced by HMAC-SHA256(key, user_id) before "
+        f"anything is stored or published; at least {MIN_PSEUDONYM_KEY_BYTES} bytes of random text (`openssl rand "
+        "-hex 32`), kept stable (a new key starts new pseudonyms)",
+    )
+    allow_raw_user_ids: bool = Field(
+        False,
+        description="run, writer and rebuild start without a pseudonym key and store, publish and serve raw user ids "
+        "(the `--allow-raw-user-ids` flag); the start-up log, /status (`raw_user_ids`) and the metric "
+        "guardstream_privacy_raw_ids show it. Prompt text is dropped either way",
     )
 
     # Serving (metrics, status and the read-only query endpoint)
@@ -322,7 +359,32 @@ class Settings(BaseSettings):
             context.load_cert_chain(str(self.web_tls_client_cert), key)
 
     def pseudonym_key_bytes(self) -> bytes | None:
+        """The key as set, unchecked: what readers (``investigate --raw``, ``pseudonym``, ``forget --raw``) map a
+        raw id with. Whatever writes the store takes :meth:`checked_pseudonym_key` instead."""
         return self.pseudonym_key.get_secret_value().encode("utf-8") if self.pseudonym_key else None
+
+    def checked_pseudonym_key(self) -> bytes | None:
+        """The pseudonym key of a process that writes the store (run, writer, rebuild), or None when it was
+        started with ``allow_raw_user_ids``. The one check, made before the store is opened or Kafka reached:
+        a missing, empty, short or placeholder key is refused with :class:`PrivacySettingsError` (one line
+        saying what to do), so raw ids are only ever stored on purpose."""
+        key = None if self.pseudonym_key is None else self.pseudonym_key.get_secret_value().encode("utf-8")
+        if self.allow_raw_user_ids:
+            if key and key.strip():  # an empty value (a compose file's `${VAR:-}`) counts as unset here
+                raise PrivacySettingsError(
+                    "--allow-raw-user-ids (GUARDSTREAM_ALLOW_RAW_USER_IDS) and GUARDSTREAM_PSEUDONYM_KEY are both "
+                    "set: unset the key to store raw user ids on purpose, or drop the flag to pseudonymize them"
+                )
+            return None
+        problem = pseudonym_key_problem(key)
+        if problem is not None:
+            raise PrivacySettingsError(
+                f"GUARDSTREAM_PSEUDONYM_KEY {problem}: user ids would not be pseudonymized. Set it to a random "
+                f"secret of at least {MIN_PSEUDONYM_KEY_BYTES} bytes, e.g. `openssl rand -hex 32` or "
+                '`python -c "import secrets; print(secrets.token_urlsafe(32))"`, and keep it (a new key starts new '
+                "pseudonyms); or start with --allow-raw-user-ids to store raw ids on purpose"
+            )
+        return key
 
     def with_overrides(self, **overrides: object) -> Settings:
         """A copy with the CLI flags that were actually given (``None`` means not given)."""

@@ -134,6 +134,9 @@ class Checkpoint:
     users: list[tuple[int, str, str, bytes]] = field(default_factory=list)
     populations: list[tuple[int, bytes, int]] = field(default_factory=list)  # partition, state, watermark
     offsets: dict[int, int] = field(default_factory=dict)
+    # the committer's epoch of each partition in ``expected``, as it loaded them: refused (fenced) when an erasure
+    # moved one since (None: a sender that predates erasures; only the offsets are checked then)
+    epochs: dict[int, int] | None = None
 
 
 class PartitionCheckpoint(msgspec.Struct, frozen=True):
@@ -144,6 +147,7 @@ class PartitionCheckpoint(msgspec.Struct, frozen=True):
     population: bytes | None
     watermark_ms: int
     alerts: list[dict[str, Any]]
+    epoch: int = 0  # erasures of a user with state here so far (partition_epochs); the worker's batches carry it
 
 
 class Applied(msgspec.Struct, frozen=True):
@@ -151,6 +155,18 @@ class Applied(msgspec.Struct, frozen=True):
 
     fenced: dict[int, int] = {}  # partition -> the stored next_offset, where it was not the expected one
     duplicates: list[str] = []  # event ids that were already stored
+    # every partition's epoch that is not 0: a worker reloads the partitions it holds whose epoch moved (a user was
+    # erased there) after a commit, so the user leaves its memory (and /status) without waiting for a batch there
+    epochs: dict[int, int] = {}
+
+
+class Erasure(msgspec.Struct, frozen=True):
+    """What ``guardstream forget`` erased of one user: rows per table, and the partitions it was held in."""
+
+    deleted: dict[str, int]  # table -> rows (``decisions``: rows of decision_rows, the view's table)
+    unpublished: int  # of the alert_changes rows, those the alerts topic had not acknowledged yet (never sent now)
+    epochs: dict[int, int]  # partition -> its new epoch: where detector state or alerts of the user were
+    in_memory: int = 0  # users dropped from a running worker's detector state (filled in by the worker)
 
 
 class Store:
@@ -207,6 +223,10 @@ class Store:
             stored = self.conn.execute("SELECT layout_key FROM score_layouts").fetchall()
             self._layouts = {int(r[0]) for r in stored}
         self._new_layouts: set[int] = set()  # inserted by the open transaction: known once it commits
+        self._epochs: dict[int, int] = {}  # partition_epochs, kept like the offsets (this writer alone changes it)
+        if upto is None or upto >= 6:  # partition_epochs came with migration 006
+            rows = self.conn.execute("SELECT kafka_partition, epoch FROM partition_epochs").fetchall()
+            self._epochs = {int(p): int(e) for p, e in rows}
         self._reader = self.conn.cursor()  # queries from other threads branch off this, never off the writer
 
     def close(self) -> None:
@@ -305,6 +325,7 @@ class Store:
                 population=population,
                 watermark_ms=watermark,
                 alerts=self.alert_rows(partition),
+                epoch=self._epochs.get(partition, 0),
             )
         return found
 
@@ -316,6 +337,9 @@ class Store:
             if cp.expected:
                 stored = self.offsets(cp.topic)
                 fenced = {p: stored.get(p, 0) for p, e in cp.expected.items() if stored.get(p, 0) != e}
+                if cp.epochs is not None:  # a user erased in a partition since the committer loaded it
+                    epochs = self._epochs
+                    fenced |= {p: stored.get(p, 0) for p in cp.expected if cp.epochs.get(p, 0) != epochs.get(p, 0)}
                 if fenced:
                     self.rollback()
                     return Applied(fenced=fenced)
@@ -330,7 +354,7 @@ class Store:
         except BaseException:
             self.rollback()
             raise
-        return Applied()
+        return Applied(epochs=dict(self._epochs)) if self._epochs else Applied()
 
     def begin(self) -> None:
         self.conn.execute("BEGIN TRANSACTION")
@@ -522,6 +546,66 @@ class Store:
             self.rollback()
             raise
         return deleted
+
+    def forget(self, user_id: str, tenant: str | None = None) -> Erasure:
+        """Erase one user (as stored: the pseudonym; in every tenant unless ``tenant``) in one transaction:
+        decisions, daily aggregates, alerts, alert changes (published or not), verdicts on those alerts and
+        detector state, and bump the epochs of the partitions whose state or alerts held the user, so that a
+        worker holding it in memory has its next batch there refused and reloads (see ``partition_epochs``).
+        Idempotent. Population baselines are aggregates over every user of a tenant, not per-user data: they keep
+        what the user's decisions added. ``event_keys`` keeps the 64-bit hashes of the event ids, which name no one.
+        """
+        conn = self.conn
+        where, params = (
+            ("user_id = ? AND tenant = ?", [user_id, tenant]) if tenant is not None else ("user_id = ?", [user_id])
+        )
+        deleted: dict[str, int] = {}
+
+        def count(statement: str, args: list[Any]) -> int:
+            row = conn.execute(statement, args).fetchone()
+            return int(row[0]) if row else 0
+
+        self.begin()
+        try:
+            partitions = sorted(
+                int(r[0])
+                for r in conn.execute(
+                    f"SELECT kafka_partition FROM detector_state WHERE {where} "
+                    f"UNION SELECT kafka_partition FROM alerts WHERE {where}",
+                    params + params,
+                ).fetchall()
+            )
+            unpublished = count(f"SELECT count(*) FROM alert_changes WHERE {where} AND NOT published", params)
+            deleted["verdicts"] = count(
+                f"DELETE FROM verdicts WHERE alert_id IN (SELECT alert_id FROM alerts WHERE {where} "
+                f"UNION SELECT alert_id FROM alert_changes WHERE {where})",
+                params + params,
+            )
+            for name, table in (
+                ("decisions", "decision_rows"),
+                ("user_category_daily", "user_category_daily"),
+                ("alerts", "alerts"),
+                ("alert_changes", "alert_changes"),
+                ("detector_state", "detector_state"),
+            ):
+                deleted[name] = count(f"DELETE FROM {table} WHERE {where}", params)
+            if partitions:
+                conn.execute(
+                    "INSERT INTO partition_epochs SELECT unnest(?::INTEGER[]), 1 "
+                    "ON CONFLICT (kafka_partition) DO UPDATE SET epoch = epoch + 1",
+                    [partitions],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        for partition in partitions:
+            self._epochs[partition] = self._epochs.get(partition, 0) + 1
+        if self._outbox is not None:  # the erased changes never reach the alerts topic now
+            for change_id, row in list(self._outbox.items()):
+                if row["user_id"] == user_id and (tenant is None or row["tenant"] == tenant):
+                    del self._outbox[change_id]
+        return Erasure(deleted=deleted, unpublished=unpublished, epochs={p: self._epochs[p] for p in partitions})
 
     def rollback(self) -> None:
         self._new_layouts.clear()

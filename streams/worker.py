@@ -41,6 +41,18 @@ def running_service(db: Path) -> dict[str, Any] | None:
     return info if pid_alive(int(info.get("pid", 0))) else None
 
 
+def warn_if_raw_user_ids(settings: Settings) -> bool:
+    """Check the pseudonym key (:meth:`Settings.checked_pseudonym_key` raises when it is missing or weak) and say
+    loudly when the process runs without one on purpose (``--allow-raw-user-ids``). Returns whether it does."""
+    if settings.checked_pseudonym_key() is not None:
+        return False
+    log.warning(
+        "--allow-raw-user-ids: no pseudonym key, so user ids are stored, published and served RAW "
+        "(/status raw_user_ids and guardstream_privacy_raw_ids say so); set GUARDSTREAM_PSEUDONYM_KEY to stop it"
+    )
+    return True
+
+
 def detector_config(settings: Settings) -> DetectorConfig:
     """The settings' detector config (its file, the hugging band); one that cannot be used raises
     :class:`streams.detector_config.DetectorConfigError`, which callers check before they open a store."""
@@ -64,7 +76,7 @@ def build_pipeline(settings: Settings, store: Sink, config: DetectorConfig | Non
         store,
         engine,
         topic=settings.decisions_topic,
-        pseudonym_key=settings.pseudonym_key_bytes(),
+        pseudonym_key=settings.checked_pseudonym_key(),
         max_future_ms=int(settings.max_future_seconds * 1000),
         max_past_ms=int(settings.max_past_days * DAY_MS),
         idle_user_ms=int(settings.idle_user_seconds * 1000) or None,
@@ -74,8 +86,11 @@ def build_pipeline(settings: Settings, store: Sink, config: DetectorConfig | Non
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
-    config = detector_config(settings)  # one that cannot be used stops the worker before the store or Kafka
-    check_serving(settings)  # likewise serving beyond loopback without TLS and credentials (ServingRefused)
+    # These stop the worker before the store or Kafka: a missing pseudonym key (PrivacySettingsError), a detector
+    # config that cannot be used, and serving beyond loopback without TLS and credentials (ServingRefused).
+    warn_if_raw_user_ids(settings)
+    config = detector_config(settings)
+    check_serving(settings)
     if settings.web_port == 0:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))
     store: Store | None = None

@@ -19,8 +19,11 @@ Protocol (HTTP, msgpack bodies, Arrow IPC for the tables; basic auth and TLS as 
     way the worker reloads the partitions and starts the batch over, so no event is counted twice and none is
     lost, whatever the group membership says at that moment.
 
-The writer also serves ``/query``, ``/verdict``, ``/status`` and ``/metrics`` (it is what ``guardstream sql``
-and ``investigate`` talk to), publishes the alert outbox to the alerts topic and applies retention.
+The writer also serves ``/query``, ``/verdict``, ``/forget``, ``/status`` and ``/metrics`` (it is what
+``guardstream sql``, ``investigate`` and ``forget`` talk to), publishes the alert outbox to the alerts topic and
+applies retention. An erasure (``/forget``) moves the epoch of the user's partitions (``partition_epochs``): a
+worker's batch carries the epochs it loaded and is refused as *fenced* when one moved, so the worker reloads the
+partition without the user instead of writing it back from memory.
 
 A worker that cannot reach the writer keeps retrying the same request (and exits with code 71 after
 ``GUARDSTREAM_STALL_SECONDS``); a request that reached the writer whose answer was lost is refused as fenced
@@ -51,7 +54,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from streams import __version__
-from streams.endpoints import answer_query, record_verdict, to_ipc
+from streams.endpoints import answer_query, forget_user, record_verdict, to_ipc
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.outbox import OutboxError, publish_outbox
 from streams.settings import Settings
@@ -87,6 +90,7 @@ class WireCheckpoint(msgspec.Struct, frozen=True):
     alerts: bytes | None = None
     alert_changes: bytes | None = None
     dead_letters: bytes | None = None
+    epochs: dict[int, int] | None = None  # the worker's erasure epoch of each partition (None: an older worker)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -120,6 +124,7 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
             alerts=optional_ipc(cp.alerts),
             alert_changes=optional_ipc(cp.alert_changes),
             dead_letters=optional_ipc(cp.dead_letters),
+            epochs=cp.epochs,
         )
     )
 
@@ -138,6 +143,7 @@ def decode_checkpoint(body: bytes) -> Checkpoint:
         users=wire.users,  # msgspec decodes the typed tuples
         populations=wire.populations,
         offsets=wire.offsets,
+        epochs=wire.epochs,
     )
 
 
@@ -293,9 +299,12 @@ class Writer:
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardstream-writer-db")
         self.outbox_wake = asyncio.Event()
         self.started_at = time.time()
-        self.counts = {"committed": 0, "fenced": 0, "duplicates": 0, "decisions": 0, "checkpoints": 0}
+        self.counts = {"committed": 0, "fenced": 0, "duplicates": 0, "decisions": 0, "checkpoints": 0, "erasures": 0}
         self.last_commit_at: float | None = None
         self.producer: Any = None
+        # the writer pseudonymizes nothing itself; with no key it was started with --allow-raw-user-ids (run_writer)
+        self.raw_user_ids = settings.pseudonym_key_bytes() is None
+        metrics.privacy_raw_ids.set(int(self.raw_user_ids))
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_thread, functools.partial(fn, *args))
@@ -404,6 +413,7 @@ class Writer:
             "counts": self.counts,
             "started_at": self.started_at,
             "last_commit_at": self.last_commit_at,
+            "raw_user_ids": self.raw_user_ids,
         }
         return web.json_response(body)
 
@@ -413,6 +423,16 @@ class Writer:
 
     async def verdict(self, request: web.Request) -> web.Response:
         status, body, kind = await record_verdict(self.store, self.db, self.metrics, await request.read())
+        return web.Response(status=status, body=body, content_type=kind)
+
+    async def forget(self, request: web.Request) -> web.Response:
+        """Erase one user from the store. The workers hold users in memory: the erasure moves the epochs of the
+        user's partitions, so each worker's next batch there is refused (fenced) and it reloads them without the
+        user; a worker that commits elsewhere first reloads them after that commit (``Applied.epochs``)."""
+        status, body, kind = await forget_user(self.store, self.db, await request.read())
+        if status == 200:
+            self.counts["erasures"] += 1
+            log.warning("forget: a user was erased on request: %s", body.decode())
         return web.Response(status=status, body=body, content_type=kind)
 
 
@@ -432,6 +452,7 @@ def build_web_app(writer: Writer, settings: Settings) -> web.Application:
             web.get("/status", writer.status),
             web.post("/query", writer.query),
             web.post("/verdict", writer.verdict),
+            web.post("/forget", writer.forget),
         ]
     )
     return app
@@ -479,8 +500,9 @@ async def serve(settings: Settings, store: Store, announce: Callable[[str], None
 def run_writer(settings: Settings) -> None:
     """Blocks until SIGINT/SIGTERM: own the DuckDB file and apply the workers' batches."""
     from streams.broker import free_port
-    from streams.worker import service_file
+    from streams.worker import service_file, warn_if_raw_user_ids
 
+    warn_if_raw_user_ids(settings)  # a missing or weak pseudonym key stops it here, before the store or Kafka
     check_serving(settings)  # before the store is opened: beyond loopback only over TLS with credentials
     if settings.web_port == 0:
         settings = settings.with_overrides(web_port=free_port(settings.web_host))

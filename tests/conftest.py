@@ -17,6 +17,10 @@ from streams.settings import Settings
 os.environ.setdefault("GUARDSTREAM_MAX_FUTURE_SECONDS", str(100 * 365 * 86_400))
 # Likewise the past horizon (stale_timestamp): simulated events age as the calendar moves on.
 os.environ.setdefault("GUARDSTREAM_MAX_PAST_DAYS", str(100 * 365))
+# run, writer and rebuild refuse to start without a pseudonym key (or --allow-raw-user-ids): every process a test
+# starts gets this one, and the tests that look users up by raw id pseudonymize them with it (TEST_PSEUDONYM_KEY).
+os.environ.setdefault("GUARDSTREAM_PSEUDONYM_KEY", "tests-only-7Qm2vX9kLp4RtY8wZs3Nd6Hf1Jb5Gc0A")
+TEST_PSEUDONYM_KEY = os.environ["GUARDSTREAM_PSEUDONYM_KEY"].encode()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,20 @@ def test_demo_runs_end_to_end_and_catches_the_planted_huggers(tmp_path: Path) ->
     finally:
         conn.close()
     assert not (tmp_path / "demo.duckdb.service.json").exists()
+
+    # the key the demo made (random, beside the store, 0600) turns the printed `investigate --raw` hint into a report
+    key_file = Path(data["key_file"])
+    assert key_file.parent == tmp_path and key_file.stat().st_mode & 0o777 == 0o600
+    assert data["flagged_user"] and data["flagged_raw_user"]
+    hint = f'GUARDSTREAM_PSEUDONYM_KEY="$(cat {key_file})" guardstream investigate {data["flagged_raw_user"]} --raw'
+    assert hint in " ".join(result.stdout.split()), result.stdout[-2000:]
+    env = {**os.environ, "GUARDSTREAM_PSEUDONYM_KEY": key_file.read_text().strip(), "COLUMNS": "200"}
+    report = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "investigate", data["flagged_raw_user"], "--raw", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert data["flagged_user"] in report.stdout + report.stderr

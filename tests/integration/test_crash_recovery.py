@@ -52,7 +52,10 @@ def snapshot(db: Path) -> dict[str, list[Any]]:
 
 def offline_truth(settings: Settings, records: list[Any], db: Path) -> None:
     messages = [Message(r.partition, r.offset, r.key, r.value, r.timestamp) for r in records]
-    pipeline = Pipeline(Store(db), build_engine(), topic=settings.decisions_topic)
+    # the workers' pseudonym key (tests/conftest.py), so the truth stores the same pseudonyms
+    pipeline = Pipeline(
+        Store(db), build_engine(), topic=settings.decisions_topic, pseudonym_key=settings.pseudonym_key_bytes()
+    )
     pipeline.assign({m.partition for m in messages})
     for i in range(0, len(messages), 1000):
         pipeline.commit(pipeline.prepare(messages[i : i + 1000]))

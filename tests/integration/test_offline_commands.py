@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,7 +132,12 @@ def test_run_with_a_detector_config_that_cannot_be_used_stops_before_the_store_a
         capture_output=True,
         text=True,
         timeout=120,
-        env={"COLUMNS": "300", "PATH": "", "GUARDSTREAM_DETECTOR_CONFIG": str(config)},
+        env={
+            "COLUMNS": "300",
+            "PATH": "",
+            "GUARDSTREAM_DETECTOR_CONFIG": str(config),
+            "GUARDSTREAM_PSEUDONYM_KEY": os.environ["GUARDSTREAM_PSEUDONYM_KEY"],  # passes: the config is refused
+        },
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"error: detector config {config}:" in result.stderr and "Traceback" not in result.stderr

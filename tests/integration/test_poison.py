@@ -1,7 +1,8 @@
 """Poison fuzz (issue 7): thousands of invalid messages of every kind, interleaved with valid decisions, through
 the real embedded broker and a real `guardstream run` worker. Every invalid message is dead-lettered exactly
-once (topic, table and metric agree, each DLQ message with its reason headers and original bytes), every valid
-decision is stored exactly once, and the worker never dies or restarts.
+once (topic, table and metric agree, each DLQ message with its reason headers and its bytes: without text and with
+the pseudonym of user_id when they parse as a JSON object, as they came otherwise), every valid decision is stored
+exactly once, and the worker never dies or restarts.
 
 The invalid kinds are generated deterministically (seeded). The huge ones are few (200 KB user_ids, text fields
 past the 1 MiB limit, 3 MB keys and one 5 MB message) so the test stays well under a minute; every other kind
@@ -38,9 +39,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from detectors.events import MAX_EVENT_BYTES
+from detectors.events import MAX_EVENT_BYTES, pseudonymize
 from streams.app import DLQ_MAX_KEY_BYTES, DLQ_MAX_VALUE_BYTES
 from streams.broker import client_kwargs, free_port, producer
+from streams.privacy import KEY_HEADER, REDACTED_HEADER, pseudonymize_key
 from streams.query import query_service
 from streams.settings import Settings
 from streams.simulator import SimConfig, simulate
@@ -80,6 +82,18 @@ def base_event(rng: random.Random, i: int) -> dict[str, Any]:
         "thresholds": {"S1": 0.5, "S9": 0.5},
         "decision": rng.choice(["allow", "block"]),
     }
+
+
+def as_object(value: bytes) -> dict[str, Any] | None:
+    """The message as a JSON object, when it is one within the decoder's limit (the standard library's reading,
+    NaN and huge integers included), else None."""
+    if not value or len(value) > MAX_EVENT_BYTES:
+        return None
+    try:
+        parsed = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def dumps(event: dict[str, Any]) -> bytes:
@@ -504,7 +518,9 @@ def test_poison_is_dead_lettered_exactly_once_and_never_stops_the_worker(
     assert len(records) == len(invalid)
     seen: set[tuple[int, int]] = set()
     topic_codes: Counter[str] = Counter()
-    truncated = 0
+    truncated = redacted = 0
+    key = settings.pseudonym_key_bytes()
+    assert key is not None
     for record in records:
         headers = {k: v for k, v in record.headers}
         coord = (int(headers["guardstream.source_partition"]), int(headers["guardstream.source_offset"]))
@@ -518,23 +534,38 @@ def test_poison_is_dead_lettered_exactly_once_and_never_stops_the_worker(
         assert headers["guardstream.reason"] and m.mentions in headers["guardstream.reason"].decode()
         assert int(headers["guardstream.original_size"]) == len(original)
         assert datetime.fromisoformat(headers["guardstream.rejected_at"].decode()).tzinfo is not None
-        if m.key is not None and len(m.key) > DLQ_MAX_KEY_BYTES:
-            assert headers.get("guardstream.key_truncated") == b"true"
-            assert int(headers["guardstream.original_key_size"]) == len(m.key)
-            assert record.key == m.key[:DLQ_MAX_KEY_BYTES]
+        # the key (producers key by the raw user id) is its pseudonym, however long it was
+        if m.key:
+            assert record.key == pseudonymize_key(m.key, key) and headers[KEY_HEADER] == b"true"
+            assert len(record.key) < DLQ_MAX_KEY_BYTES and "guardstream.key_truncated" not in headers
         else:
-            assert "guardstream.key_truncated" not in headers
-            assert record.key == m.key
-        if len(original) > DLQ_MAX_VALUE_BYTES:
+            assert record.key == m.key and KEY_HEADER not in headers
+        # an event that parses as a JSON object travels without its text and with its user id's pseudonym; every
+        # other value as it came (cut at the DLQ's limit)
+        event = as_object(original)
+        if event is not None and ("text" in event or "user_id" in event):
+            copy = json.loads(record.value)
+            assert "text" not in copy, m.kind
+            if isinstance(event.get("user_id"), str):
+                assert copy["user_id"] == pseudonymize(event["user_id"], key), m.kind
+            elif "user_id" in event:
+                assert copy["user_id"].startswith("p-") and copy["user_id"] != event["user_id"], m.kind
+            rest = {k: v for k, v in copy.items() if k != "user_id"}
+            expected = {k: v for k, v in event.items() if k not in ("text", "user_id")}
+            assert json.dumps(rest, sort_keys=True) == json.dumps(expected, sort_keys=True), m.kind  # NaN-safe
+            assert headers[REDACTED_HEADER] == ",".join(f for f in ("text", "user_id") if f in event).encode()
+            redacted += 1
+        elif len(original) > DLQ_MAX_VALUE_BYTES:
             truncated += 1
             assert headers.get("guardstream.truncated") == b"true"
             assert record.value == original[:DLQ_MAX_VALUE_BYTES]
         else:
-            assert "guardstream.truncated" not in headers
+            assert "guardstream.truncated" not in headers and REDACTED_HEADER not in headers
             assert record.value == original
     assert seen == injected_at.keys()
     assert topic_codes == table_codes
     assert truncated == OVER_LIMIT_TEXTS + 2  # the 5 MB one and one with a huge key among them
+    assert redacted > 2000, "most poison parses: it leaves without its raw user id"
 
     # the same worker process from start to finish, still running, and it never gave up
     assert pids == {proc.pid}

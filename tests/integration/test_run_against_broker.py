@@ -244,7 +244,12 @@ def test_run_simulate_and_query_while_running(
             text=True,
         ).stdout
     )
-    offline = run_engine(build_engine(), simulate(SimConfig(users=150, days=2, seed=5)).events, partitions=4)
+    offline = run_engine(  # with the worker's pseudonym key: alert ids are made from the stored user ids
+        build_engine(),
+        simulate(SimConfig(users=150, days=2, seed=5)).events,
+        partitions=4,
+        pseudonym_key=settings.pseudonym_key_bytes(),
+    )
     assert sorted((c["change_id"], c["change"], c["ts"], c["severity"], c["score"]) for c in streamed) == sorted(
         (c.change_id, c.change, c.ts_ms, c.alert.severity, c.alert.score) for c in offline
     )

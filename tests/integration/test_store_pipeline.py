@@ -220,6 +220,7 @@ def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
         (3, "003_decision_rows"),
         (4, "004_alert_dead_letters"),
         (5, "005_user_state_key"),
+        (6, "006_erasure"),
     ]
 
 

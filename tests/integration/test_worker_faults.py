@@ -13,6 +13,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from detectors.events import pseudonymize
 from streams.broker import free_port
 from streams.produce import produce
 from streams.sandbox import open_sandboxed
@@ -38,7 +39,9 @@ def test_a_detector_bug_dead_letters_the_events_and_the_stream_goes_on(settings:
     victim_events = {e["event_id"] for e in events if e["user_id"] == victim}
     targets = asyncio.run(produce(settings, events))
     log = tmp_path / "worker.log"
-    proc, url = start(settings, log, GUARDSTREAM_FAULT_DETECTOR_USER=victim)
+    key = settings.pseudonym_key_bytes()
+    assert key is not None
+    proc, url = start(settings, log, GUARDSTREAM_FAULT_DETECTOR_USER=pseudonymize(victim, key))  # as detectors see it
     try:
         wait_until(lambda: get_json(url + "/status")["counts"]["messages"] >= sum(targets.values()), 120, "the end")
         pid = get_json(url + "/status")["pid"]
