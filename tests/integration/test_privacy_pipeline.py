@@ -35,9 +35,10 @@ from streams.pipeline import Message, Pipeline
 from streams.privacy import KEY_HEADER, REDACTED_HEADER
 from streams.produce import produce
 from streams.query import query_service
+from streams.sandbox import open_sandboxed
 from streams.settings import PrivacySettingsError, Settings
 from streams.simulator import SimConfig, simulate
-from streams.store import Store, open_read_only
+from streams.store import Store
 from tests.conftest import TEST_PSEUDONYM_KEY
 from tests.integration.test_run_against_broker import GUARDSTREAM, env_for, get_json, read_topic, stop, wait_until
 
@@ -71,7 +72,7 @@ def table_totals(conn: Any) -> dict[str, int]:
 
 
 def file_counts(db: Path, user: str) -> dict[str, int]:
-    conn = open_read_only(db)
+    conn = open_sandboxed(db)
     try:
         return counts_on(conn, user)
     finally:
@@ -443,7 +444,7 @@ def test_forget_on_the_file_erases_every_table_once(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert printed_counts(result) == {**before, "verdicts": 1}
     assert "not yet published are withdrawn" in result.stderr
-    conn = open_read_only(db)
+    conn = open_sandboxed(db)
     try:
         assert rows_of(counts_on(conn, user)) == 0
         assert conn.execute("SELECT count(*) FROM verdicts WHERE alert_id = ?", [alert_id]).fetchone() == (0,)
