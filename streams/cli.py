@@ -9,7 +9,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import orjson
@@ -18,6 +18,9 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
 from streams.settings import PrivacySettingsError, Settings
+
+if TYPE_CHECKING:
+    from streams.store import Store
 
 app = typer.Typer(
     help="guardstream: streaming abuse monitoring for LLM guardrail decisions.",
@@ -618,6 +621,47 @@ def detectors() -> None:
     Console().print(table)
 
 
+def _holder_url(settings: Settings, url: str | None) -> str | None:
+    """The URL of the process that holds the store: ``url`` if given, else the one ``<db>.service.json`` names."""
+    from streams.worker import running_service
+
+    if url is not None:
+        return url
+    service = running_service(settings.db)
+    return str(service["url"]) if service else None
+
+
+def _post_json(target: str, path: str, payload: dict[str, Any], timeout: float) -> bytes:
+    """POST to the process that holds the store; its refusal, or its absence, is one error line."""
+    import urllib.error
+
+    from streams.query import open_service, service_request
+
+    request = service_request(target.rstrip("/") + path, orjson.dumps(payload), {"Content-Type": "application/json"})
+    try:
+        with open_service(request, timeout) as response:
+            return bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        raise fail(f"{target} refused: {exc.code} {exc.read().decode('utf-8', 'replace')}") from exc
+    except urllib.error.URLError as exc:
+        raise fail(f"cannot reach the pipeline at {target}: {exc.reason}") from exc
+    except OSError as exc:  # e.g. TLS 1.3: a refused client certificate shows when the answer is read
+        raise fail(f"cannot reach the pipeline at {target}: {exc}") from exc
+
+
+def _open_store_file(settings: Settings, hint: str) -> Store:
+    """The store file for writing when no process holds it (an offline verdict or erasure)."""
+    from streams.sandbox import StoreLocked
+    from streams.store import open_store
+
+    if not settings.db.exists():
+        raise fail(f"no database at {settings.db}: {hint}")
+    try:
+        return open_store(settings)
+    except StoreLocked as exc:
+        raise fail(str(exc)) from exc
+
+
 @app.command()
 def verdict(
     alert_id: Annotated[str, typer.Argument(help="the alert's alert_id (see `guardstream investigate`)")],
@@ -629,37 +673,15 @@ def verdict(
 ) -> None:
     """Record an analyst's verdict on an alert; verdicts feed guardstream_detector_precision_ratio
     (MEASURE 3.3 / 4.3). Works while the pipeline runs (through it) and when it does not (directly)."""
-    import urllib.error
-    import urllib.request
-
-    from streams.sandbox import StoreLocked
-    from streams.store import open_store
-    from streams.worker import running_service
-
     settings = Settings().with_overrides(db=db)
-    service = running_service(settings.db)
-    target = url or (service["url"] if service else None)
+    target = _holder_url(settings, url)
     if target is not None:
-        body = orjson.dumps({"alert_id": alert_id, "verdict": value, "note": note, "analyst": analyst})
-        from streams.query import open_service, service_request
-
-        request = service_request(target.rstrip("/") + "/verdict", body, {"Content-Type": "application/json"})
-        try:
-            with open_service(request, 30) as response:
-                detector = json.loads(response.read())["detector"]
-        except urllib.error.HTTPError as exc:
-            raise fail(exc.read().decode("utf-8", "replace")) from exc
-        except urllib.error.URLError as exc:
-            raise fail(f"cannot reach the pipeline at {target}: {exc.reason}") from exc
-        except OSError as exc:  # e.g. TLS 1.3: a refused client certificate shows when the answer is read
-            raise fail(f"cannot reach the pipeline at {target}: {exc}") from exc
+        answer = _post_json(
+            target, "/verdict", {"alert_id": alert_id, "verdict": value, "note": note, "analyst": analyst}, 30
+        )
+        detector = json.loads(answer)["detector"]
     else:
-        if not settings.db.exists():
-            raise fail(f"no database at {settings.db}: pass --db")
-        try:
-            store = open_store(settings)
-        except StoreLocked as exc:
-            raise fail(str(exc)) from exc
+        store = _open_store_file(settings, "pass --db")
         try:
             detector = store.record_verdict(alert_id, value, analyst, note)
         except (ValueError, LookupError) as exc:
@@ -687,35 +709,17 @@ def forget(
 
     Works while the pipeline runs (through it, or the writer) and when it does not (on the file). Kafka topics keep
     the raw events until their retention, and `guardstream rebuild` from them would bring the user back."""
-    import urllib.error
-
-    from streams.query import open_service, service_request
-    from streams.sandbox import StoreLocked
-    from streams.store import Erasure, open_store
-    from streams.worker import running_service
+    from streams.store import Erasure
 
     settings = Settings().with_overrides(db=db)
     user_id = _resolve_user(user, raw, settings)
-    service = running_service(settings.db) if url is None else None
-    target = url or (service["url"] if service else None)
+    target = _holder_url(settings, url)
     if target is not None:
-        body = orjson.dumps({"user_id": user_id, "tenant": tenant})
-        request = service_request(target.rstrip("/") + "/forget", body, {"Content-Type": "application/json"})
-        try:
-            with open_service(request, 300) as response:
-                erasure = msgspec.json.decode(response.read(), type=Erasure)
-        except urllib.error.HTTPError as exc:
-            raise fail(f"{target} refused: {exc.code} {exc.read().decode('utf-8', 'replace')}") from exc
-        except urllib.error.URLError as exc:
-            raise fail(f"cannot reach the pipeline at {target}: {exc.reason}") from exc
+        answer = _post_json(target, "/forget", {"user_id": user_id, "tenant": tenant}, 300)
+        erasure = msgspec.json.decode(answer, type=Erasure)
         where = target
     else:
-        if not settings.db.exists():
-            raise fail(f"no database at {settings.db}: pass --db (or --url of the running pipeline or writer)")
-        try:
-            store = open_store(settings)
-        except StoreLocked as exc:
-            raise fail(str(exc)) from exc
+        store = _open_store_file(settings, "pass --db (or --url of the running pipeline or writer)")
         try:
             erasure = store.forget(user_id, tenant)
         finally:

@@ -47,7 +47,7 @@ def stream() -> list[Decision]:
     for i, raw in enumerate(simulate(SimConfig(users=150, days=3, seed=21)).events):
         raw["tenant"] = f"{raw.get('tenant', 'default')}-{sum(raw['user_id'].encode()) % 7}"
         if i % 4 == 0:
-            dropped = sorted(raw["thresholds"])[: i % 7]
+            dropped = sorted(raw["thresholds"])[: min(i % 7, len(raw["thresholds"]) - 1)]  # scores stay non-empty
             raw["scores"] = {c: v for c, v in raw["scores"].items() if c not in dropped}
             raw["thresholds"] = {c: v for c, v in raw["thresholds"].items() if c not in dropped}
         event = decode(orjson.dumps(raw))
