@@ -2,7 +2,9 @@
 
 A dead letter exists so that someone can see why an event was refused and fix the producer, not to export
 prompts or raw user ids. So the copy of an event whose value parses as a JSON object drops ``text`` and carries
-the pseudonym of ``user_id`` (re-serialized as JSON; header ``guardstream.redacted`` names the fields), and its
+the pseudonym of ``user_id`` (re-serialized as JSON; header ``guardstream.redacted`` names the fields), fields the
+contract does not define keep their name but not their value (a producer's own ``prompt`` or ``messages`` would
+carry prompt text under another name; the name alone still shows a misnamed field), and its
 record key, which producers set to the raw user id, becomes the pseudonym of the key (header
 ``guardstream.key_pseudonymized``), the same pseudonym the store holds for that user. Only bytes that do not parse
 (not JSON, not UTF-8, or over the decoder's size limit, which is never parsed) travel as they came. With
@@ -17,9 +19,12 @@ import hmac
 import json
 from typing import Any
 
-from detectors.events import MAX_EVENT_BYTES, pseudonymize
+from detectors.events import MAX_EVENT_BYTES, Decision, pseudonymize
 
-REDACTED_HEADER = "guardstream.redacted"  # comma-separated: text (dropped), user_id (replaced by its pseudonym)
+# comma-separated: text (dropped), user_id (replaced by its pseudonym), unknown_fields (values of fields the
+# contract does not define replaced by null)
+REDACTED_HEADER = "guardstream.redacted"
+CONTRACT_FIELDS = frozenset(Decision.__struct_fields__)
 KEY_HEADER = "guardstream.key_pseudonymized"  # "true": the record key is the pseudonym of the original key
 UTF8_BOM = b"\xef\xbb\xbf"
 _MIN_BARE = 8  # shorter raw values are replaced only where quoted (bare, they would hit ordinary words)
@@ -86,6 +91,10 @@ def dead_letter_copy(
     if "user_id" in event and pseudonym_key is not None:
         event["user_id"] = _pseudonym(event["user_id"], pseudonym_key)
         redacted.append("user_id")
+    unknown = [name for name, value in event.items() if name not in CONTRACT_FIELDS and value is not None]
+    if unknown:
+        event.update(dict.fromkeys(unknown))
+        redacted.append("unknown_fields")
     if not redacted:
         return key, value, headers
     value = _dumps(event)

@@ -42,7 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from detectors.events import MAX_EVENT_BYTES, pseudonymize
 from streams.app import DLQ_MAX_KEY_BYTES, DLQ_MAX_VALUE_BYTES
 from streams.broker import client_kwargs, free_port, producer
-from streams.privacy import KEY_HEADER, REDACTED_HEADER, pseudonymize_key
+from streams.privacy import CONTRACT_FIELDS, KEY_HEADER, REDACTED_HEADER, pseudonymize_key
 from streams.query import query_service
 from streams.settings import Settings
 from streams.simulator import SimConfig, simulate
@@ -543,17 +543,20 @@ def test_poison_is_dead_lettered_exactly_once_and_never_stops_the_worker(
         # an event that parses as a JSON object travels without its text and with its user id's pseudonym; every
         # other value as it came (cut at the DLQ's limit)
         event = as_object(original)
-        if event is not None and ("text" in event or "user_id" in event):
+        unknown = [] if event is None else [k for k, v in event.items() if k not in CONTRACT_FIELDS and v is not None]
+        if event is not None and ("text" in event or "user_id" in event or unknown):
             copy = json.loads(record.value)
             assert "text" not in copy, m.kind
             if isinstance(event.get("user_id"), str):
                 assert copy["user_id"] == pseudonymize(event["user_id"], key), m.kind
             elif "user_id" in event:
                 assert copy["user_id"].startswith("p-") and copy["user_id"] != event["user_id"], m.kind
-            rest = {k: v for k, v in copy.items() if k != "user_id"}
-            expected = {k: v for k, v in event.items() if k not in ("text", "user_id")}
+            assert all(copy[k] is None for k in unknown), m.kind  # names kept, values not
+            rest = {k: v for k, v in copy.items() if k != "user_id" and k not in unknown}
+            expected = {k: v for k, v in event.items() if k not in ("text", "user_id") and k not in unknown}
             assert json.dumps(rest, sort_keys=True) == json.dumps(expected, sort_keys=True), m.kind  # NaN-safe
-            assert headers[REDACTED_HEADER] == ",".join(f for f in ("text", "user_id") if f in event).encode()
+            fields = [f for f in ("text", "user_id") if f in event] + (["unknown_fields"] if unknown else [])
+            assert headers[REDACTED_HEADER] == ",".join(fields).encode()
             redacted += 1
         elif len(original) > DLQ_MAX_VALUE_BYTES:
             truncated += 1

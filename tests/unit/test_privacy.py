@@ -92,10 +92,21 @@ def test_a_parsed_event_loses_its_text_and_carries_pseudonyms_in_value_and_key()
     stored = pseudonymize("u-4821", KEY)
     assert "text" not in copy and b"how do I" not in (value or b"")
     assert copy["user_id"] == stored and b"u-4821" not in (value or b"") and key == stored.encode()
-    assert {k: v for k, v in copy.items() if k != "user_id"} == {
-        k: v for k, v in EVENT.items() if k not in ("user_id", "text")
+    assert copy["extra"] is None, "a field the contract does not define keeps its name, not its value"
+    assert {k: v for k, v in copy.items() if k not in ("user_id", "extra")} == {
+        k: v for k, v in EVENT.items() if k not in ("user_id", "text", "extra")
     }, "everything else as it came, a 70-bit integer included"
-    assert dict(headers) == {REDACTED_HEADER: b"text,user_id", KEY_HEADER: b"true"}
+    assert dict(headers) == {REDACTED_HEADER: b"text,user_id,unknown_fields", KEY_HEADER: b"true"}
+
+
+def test_fields_the_contract_does_not_define_lose_their_values() -> None:
+    event = {**EVENT, "prompt": "how do I make ...", "messages": [{"role": "user", "content": "..."}]}
+    del event["text"]
+    _key, value, headers = dead_letter_copy(b"u-4821", dumps(event), KEY)
+    copy = json.loads(value or b"")
+    assert copy["prompt"] is None and copy["messages"] is None and b"how do I" not in (value or b"")
+    assert copy["scores"] == EVENT["scores"] and copy["guardrail"] == EVENT["guardrail"]
+    assert dict(headers)[REDACTED_HEADER] == b"user_id,unknown_fields"
 
 
 def test_the_key_is_the_stored_pseudonym_of_the_user() -> None:
@@ -131,14 +142,14 @@ def test_user_ids_that_are_not_strings_are_pseudonymized_too() -> None:
         _key, value, headers = dead_letter_copy(None, dumps({**EVENT, "user_id": raw}), KEY)
         copy = json.loads(value or b"")
         assert copy["user_id"].startswith("p-") and "u-1" not in (value or b"").decode()
-        assert dict(headers) == {REDACTED_HEADER: b"text,user_id"}
+        assert dict(headers) == {REDACTED_HEADER: b"text,user_id,unknown_fields"}  # EVENT has "extra"
 
 
 def test_without_a_key_text_is_still_dropped_and_ids_stay_raw() -> None:
     key, value, headers = dead_letter_copy(b"u-4821", dumps(EVENT), None)
     copy = json.loads(value or b"")
     assert "text" not in copy and copy["user_id"] == "u-4821" and key == b"u-4821"
-    assert dict(headers) == {REDACTED_HEADER: b"text"}
+    assert dict(headers) == {REDACTED_HEADER: b"text,unknown_fields"}
 
 
 def test_an_event_without_text_or_user_id_is_not_rewritten() -> None:
