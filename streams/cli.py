@@ -7,9 +7,10 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 import orjson
@@ -29,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -230,26 +232,15 @@ def sql(
     time and a row limit (GUARDSTREAM_QUERY_TIMEOUT_SECONDS, GUARDSTREAM_QUERY_MAX_ROWS). Works while
     `guardstream run` holds the database."""
     from streams.query import query as run_query
-    from streams.sandbox import truncated_at
 
     settings = Settings().with_overrides(db=db)
-    try:
-        table = run_query(settings.db, query, url=url)
-    except Exception as exc:
-        error = _store_errors(exc)
-        if error is None:
-            raise
-        raise error from exc
+    table = _reading(run_query, settings.db, query, url=url)
     _render(table, format)
-    if (limit := truncated_at(table)) is not None:
-        console.print(
-            f"[yellow]warning:[/yellow] the result was cut at {limit:,} rows (GUARDSTREAM_QUERY_MAX_ROWS where the "
-            "store is served): narrow the query or add LIMIT"
-        )
 
 
 def _render(table: Any, format: Format) -> None:
     from streams.output import print_table, to_csv, to_json
+    from streams.sandbox import truncated_at
 
     if format is Format.table:
         print_table(table, Console())
@@ -257,6 +248,23 @@ def _render(table: Any, format: Format) -> None:
         sys.stdout.write(to_csv(table))
     else:
         sys.stdout.write(to_json(table) + "\n")
+    if (limit := truncated_at(table)) is not None:
+        console.print(
+            f"[yellow]warning:[/yellow] the result was cut at {limit:,} rows (GUARDSTREAM_QUERY_MAX_ROWS where the "
+            "store is served): narrow the query or add LIMIT"
+        )
+
+
+def _reading(read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``read(*args, **kwargs)``, a read of the store: a refusal, an unreachable holder or an unusable file is one
+    error line."""
+    try:
+        return read(*args, **kwargs)
+    except Exception as exc:
+        error = _store_errors(exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _store_errors(exc: Exception) -> typer.Exit | None:
@@ -314,14 +322,11 @@ def named_query_command(
         raise fail("name a query, or use --list to see them")
     settings = Settings().with_overrides(db=db)
     try:
-        table = run_named(lambda q, p: run_query(settings.db, q, url=url, params=p), name, parse_pairs(param or []))
+        table = _reading(
+            run_named, lambda q, p: run_query(settings.db, q, url=url, params=p), name, parse_pairs(param or [])
+        )
     except (UnknownQuery, BadParams) as exc:
         raise fail(str(exc.args[0])) from exc
-    except Exception as exc:
-        error = _store_errors(exc)
-        if error is None:
-            raise
-        raise error from exc
     _render(table, format)
 
 
@@ -352,13 +357,7 @@ def investigate(
 
     settings = Settings().with_overrides(db=db)
     user_id = _resolve_user(user, raw, settings)
-    try:
-        report = build(lambda q, p: run_query(settings.db, q, url=url, params=p), user_id, limit=limit)
-    except Exception as exc:
-        error = _store_errors(exc)
-        if error is None:
-            raise
-        raise error from exc
+    report = _reading(build, lambda q, p: run_query(settings.db, q, url=url, params=p), user_id, limit=limit)
     if report.empty:
         shown = f"{user} (pseudonym {user_id})" if raw else user
         raise fail(f"no decisions, alerts or daily totals for user {shown} in {settings.db}")
@@ -405,13 +404,7 @@ def export(
     counts: dict[str, int] = {}
     for name in tables:
         console.print(f"exporting {name} ...")
-        try:
-            data = run_query(settings.db, f'SELECT * FROM "{name}"', url=url)
-        except Exception as exc:
-            error = _store_errors(exc)
-            if error is None:
-                raise
-            raise error from exc
+        data = _reading(run_query, settings.db, f'SELECT * FROM "{name}"', url=url)
         if (limit := truncated_at(data)) is not None:
             raise fail(
                 f"{name} has more than {limit:,} rows, the query row limit: raise GUARDSTREAM_QUERY_MAX_ROWS where the "
@@ -530,13 +523,7 @@ def train(
     from streams.train import counters_sql, fit, frame_counters, save
 
     settings = Settings().with_overrides(db=db)
-    try:
-        table = run_query(settings.db, counters_sql(settings.hugging_band))
-    except Exception as exc:
-        error = _store_errors(exc)
-        if error is None:
-            raise
-        raise error from exc
+    table = _reading(run_query, settings.db, counters_sql(settings.hugging_band))
     if (limit := truncated_at(table)) is not None:
         raise fail(f"the store has more than {limit:,} users, the query row limit: raise GUARDSTREAM_QUERY_MAX_ROWS")
     counters = frame_counters(pl.from_arrow(table))  # type: ignore[arg-type]
