@@ -31,6 +31,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from streams import app as app_module
 from streams.app import Service, create_app
+from streams.bench import stop_process
 from streams.broker import free_port
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -254,12 +255,7 @@ def started(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 60)
 
 
 def up(url: str, context: ssl.SSLContext, authorization: str | None, proc: subprocess.Popen[bytes], log: Path) -> bool:
